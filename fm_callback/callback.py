@@ -1,0 +1,374 @@
+"""The Lightning adapter: schedule, probe batch, ranks, precision, state, logging."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch.utils.data import DataLoader, IterableDataset
+
+from . import tensorboard as tb
+from .probe import FeatureMapProbe, ProbeResult, first_tensor, to_device
+from .select import LayerSpec
+from .stats import DEFAULT_ATOL, DEFAULT_RTOL
+from .tracking import DeadFilterTracker
+
+INPUT_KEYS = ("image", "images", "img", "x", "input", "inputs")
+
+
+def default_input(batch: Any) -> Any:
+    """The model input of a batch: the tensor itself, the first item of a tuple/list, or a dict's image/x/input."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, dict):
+        for key in INPUT_KEYS:
+            if isinstance(batch.get(key), torch.Tensor):
+                return batch[key]
+        raise ValueError(
+            f"fm_callback: cannot find the model input in a dict batch with keys {sorted(map(str, batch))}; "
+            f"expected one of {', '.join(INPUT_KEYS)}. Pass input_fn=, a function batch -> model input "
+            "(defined at module level so the callback stays picklable)."
+        )
+    raise ValueError(
+        f"fm_callback: cannot find the model input in a batch of type {type(batch).__name__}; pass input_fn=, "
+        "a function batch -> model input (defined at module level so the callback stays picklable)."
+    )
+
+
+def first_samples(loader: DataLoader, count: int) -> tuple[Any, int]:
+    """The first ``count`` samples of a loader's dataset, collated as the loader would; (batch, samples taken).
+
+    Map-style datasets are indexed directly (no iterator, so no sampler or worker draws a random number);
+    an iterable dataset gives its first batch. Either way the global RNG is left as it was.
+    """
+    with isolate_rng():
+        dataset = loader.dataset
+        if not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
+            taken = min(count, len(dataset))
+            if taken == 0:
+                raise ValueError("fm_callback: the dataloader's dataset is empty; pass probe_batch= instead")
+            return loader.collate_fn([dataset[i] for i in range(taken)]), taken
+        for batch in loader:
+            return batch, count
+    raise ValueError("fm_callback: the dataloader yielded no batch; pass probe_batch= instead")
+
+
+def _first_loader(loaders: Any) -> DataLoader | None:
+    if isinstance(loaders, DataLoader):
+        return loaders
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, list | tuple):
+        for loader in loaders:
+            found = _first_loader(loader)
+            if found is not None:
+                return found
+    return None
+
+
+def _slice(batch: Any, count: int) -> Any:
+    """The first ``count`` samples of a collated batch (tensors along dim 0)."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:count]
+    if isinstance(batch, dict):
+        return {k: _slice(v, count) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(_slice(v, count) for v in batch))
+    if isinstance(batch, list | tuple):
+        return type(batch)(_slice(v, count) for v in batch)
+    return batch
+
+
+def _positive(name: str, value: Any, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"FeatureMapCallback: {name} must be a positive int, got {value!r}")
+
+
+class FeatureMapCallback(pl.Callback):
+    """Logs per-layer feature-map grids and dead-filter statistics to TensorBoard at set epochs or steps.
+
+    Args:
+        layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types; ``None``: every Conv1d/2d/3d.
+        image_layers: which watched layers get a picture; ``None``: at most 6 spread over the network.
+        every_n_epochs: an event at the end of every n-th training epoch (the default, with n = 1).
+        epochs: an event at the end of these epochs only (0-based), instead of every_n_epochs.
+        every_n_steps: an event every n optimizer steps, instead of an epoch schedule.
+        log_at_start: also an event before the first training step (step 0): the untrained baseline.
+        probe_batch: the batch to probe (a tensor or a batch as the dataloader yields it); default: the first
+            ``probe_size`` samples of the val dataloader, else of the train dataloader.
+        probe_size: how many samples to take from the dataloader.
+        input_fn: batch -> model input, for batches the default (tensor, first item, dict image/x/input) misses.
+        max_channels, max_samples: grid columns (channels) and rows (probe samples).
+        channel_order: ``"std"`` (most varied first, chosen at the first event and kept) or ``"index"``.
+        cmap: matplotlib colormap of the grids.
+        atol, rtol: tolerances of the dead rule ``max - min <= atol + rtol * max|x|`` per channel.
+        dead_patience: events a channel must stay dead before it is reported persistently dead (warned once).
+        mean, std: the input normalisation, so ``probe/input`` and the overlays show the images as a person sees them.
+        overlay: also log ``feature_maps_overlay/<layer>``, the mean |activation| over the probe input.
+    """
+
+    def __init__(
+        self,
+        layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        image_layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        every_n_epochs: int | None = None,
+        epochs: Sequence[int] | None = None,
+        every_n_steps: int | None = None,
+        log_at_start: bool = True,
+        probe_batch: Any = None,
+        probe_size: int = 8,
+        input_fn: Callable[[Any], Any] | None = None,
+        max_channels: int = 16,
+        max_samples: int = 4,
+        channel_order: str = "std",
+        cmap: str = "viridis",
+        atol: float = DEFAULT_ATOL,
+        rtol: float = DEFAULT_RTOL,
+        dead_patience: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        overlay: bool = True,
+    ) -> None:
+        given = [n for n, v in (("every_n_epochs", every_n_epochs), ("epochs", epochs), ("every_n_steps", every_n_steps)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"FeatureMapCallback: choose one schedule, got {' and '.join(given)}")
+        for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
+            _positive(name, value)
+        for name, value in (("probe_size", probe_size), ("max_channels", max_channels), ("max_samples", max_samples), ("dead_patience", dead_patience)):
+            _positive(name, value, allow_none=False)
+        if epochs is not None:
+            epochs = sorted(set(epochs))
+            if not epochs or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in epochs):
+                raise ValueError(f"FeatureMapCallback: epochs must be a non-empty list of ints >= 0, got {epochs!r}")
+        if channel_order not in ("std", "index"):
+            raise ValueError(f"FeatureMapCallback: channel_order must be 'std' or 'index', got {channel_order!r}")
+        if atol < 0 or rtol < 0:
+            raise ValueError(f"FeatureMapCallback: atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
+        if (mean is None) != (std is None):
+            raise ValueError("FeatureMapCallback: mean and std go together: pass both or neither")
+        if input_fn is not None and not callable(input_fn):
+            raise TypeError(f"FeatureMapCallback: input_fn must be callable, got {type(input_fn).__name__}")
+        self.layers = layers
+        self.image_layers = image_layers
+        self.every_n_epochs = 1 if not given else every_n_epochs
+        self.epochs = epochs
+        self.every_n_steps = every_n_steps
+        self.log_at_start = log_at_start
+        self.probe_batch = probe_batch
+        self.probe_size = probe_size
+        self.input_fn = input_fn
+        self.probe_options = dict(
+            max_channels=max_channels, max_samples=max_samples, channel_order=channel_order, cmap=cmap,
+            atol=atol, rtol=rtol, mean=mean, std=std, overlay=overlay,
+        )
+        from .render import colormap_lut
+
+        colormap_lut(cmap)  # fail now, not at the first event, on an unknown colormap
+        # Run state: what a checkpoint keeps.
+        self.model_input: Any = None
+        self.pinned_channels: dict[str, list[int]] = {}
+        self.last_event_step: int | None = None
+        self.tracker = DeadFilterTracker(dead_patience)
+        # Set up per fit, never pickled with a value.
+        self._probe: FeatureMapProbe | None = None
+        self._writer: tb.BackgroundWriter | None = None
+        self._owns_writer = False
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            layers=self.layers, image_layers=self.image_layers, every_n_epochs=self.every_n_epochs,
+            epochs=self.epochs, every_n_steps=self.every_n_steps,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_probe=None, _writer=None, _owns_writer=False)
+        return state
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._disabled(trainer):
+            return
+        if self._probe is None:
+            self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
+        if self.model_input is None:
+            self.model_input = self._take_model_input(trainer)
+        self._probe.pinned_channels = dict(self.pinned_channels)
+        if trainer.is_global_zero:
+            self._writer, self._owns_writer = self._open_writer(trainer)
+        result = self._dry_run(trainer)
+        if self.log_at_start and trainer.global_step == 0 and self.last_event_step is None:
+            self._record(trainer, result)
+
+    def _disabled(self, trainer: pl.Trainer) -> bool:
+        return bool(trainer.fast_dev_run) or trainer.sanity_checking
+
+    def _take_model_input(self, trainer: pl.Trainer) -> Any:
+        """The probe's model input, taken once on rank 0 and broadcast, kept on the CPU."""
+        model_input = None
+        if trainer.is_global_zero:
+            model_input = self._read_probe_batch(trainer)
+        model_input = trainer.strategy.broadcast(model_input, src=0)
+        return to_device(model_input, torch.device("cpu"))
+
+    def _read_probe_batch(self, trainer: pl.Trainer) -> Any:
+        batch = self.probe_batch
+        if batch is None:
+            loader = _first_loader(trainer.val_dataloaders) or _first_loader(trainer.train_dataloader)
+            if loader is None:
+                raise ValueError(
+                    "FeatureMapCallback: no DataLoader to take the probe batch from; pass probe_batch="
+                )
+            batch, taken = first_samples(loader, self.probe_size)
+            if taken < self.probe_size:
+                rank_zero_warn(
+                    f"fm_callback: probe_size={self.probe_size} but the dataset has {taken} samples; probing with {taken}"
+                )
+        try:
+            model_input = self.input_fn(batch) if self.input_fn is not None else default_input(batch)
+        except ValueError:
+            raise
+        except Exception as err:
+            raise ValueError(
+                f"FeatureMapCallback: input_fn failed on the probe batch ({type(err).__name__}: {err})"
+            ) from err
+        if self.probe_batch is None:
+            model_input = _slice(model_input, self.probe_size)
+        return to_device(model_input, torch.device("cpu"))
+
+    def _dry_run(self, trainer: pl.Trainer) -> ProbeResult:
+        """Run the probe once at set-up; a batch the model cannot take is a configuration error."""
+        try:
+            result = self._run_probe(trainer)
+        except Exception as err:
+            shape = _describe(self.model_input)
+            raise ValueError(
+                f"FeatureMapCallback: the probe batch ({shape}) could not go through the model: "
+                f"{type(err).__name__}: {err}. Pass probe_batch= with an input the model takes, or input_fn= to "
+                "pick the model input out of the batch."
+            ) from err
+        if not len(result):
+            raise ValueError(
+                "FeatureMapCallback: none of the watched layers ran during the model's forward; check layers="
+            )
+        self.pinned_channels = {name: r.channels for name, r in result.items() if r.channels and "#" not in name}
+        self._probe.pinned_channels = dict(self.pinned_channels)
+        return result
+
+    def _run_probe(self, trainer: pl.Trainer) -> ProbeResult:
+        model_input = trainer.precision_plugin.convert_input(self.model_input)
+        with trainer.precision_plugin.forward_context():
+            return self._probe.run(model_input)
+
+    def _open_writer(self, trainer: pl.Trainer) -> tuple[tb.BackgroundWriter, bool]:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return tb.BackgroundWriter(logger.experiment), False
+        from torch.utils.tensorboard import SummaryWriter
+
+        log_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "fm_callback")
+        rank_zero_warn(
+            f"fm_callback: the Trainer has no TensorBoardLogger; writing feature maps to {log_dir}. "
+            "Add logger=TensorBoardLogger(...) to keep them beside your other logs."
+        )
+        return tb.BackgroundWriter(SummaryWriter(log_dir)), True
+
+    # ---- schedule ----------------------------------------------------------------------------------------
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_steps is not None or self._disabled(trainer):
+            return
+        epoch = trainer.current_epoch
+        due = epoch in self.epochs if self.epochs is not None else (epoch + 1) % self.every_n_epochs == 0
+        if due:
+            self._event(trainer)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.every_n_steps is None or self._disabled(trainer):
+            return
+        if trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:
+            self._event(trainer)
+
+    def _event(self, trainer: pl.Trainer) -> None:
+        """One scheduled probe: a failure warns and skips this event; training goes on."""
+        step = trainer.global_step
+        if self._probe is None or self.model_input is None or step == self.last_event_step:
+            return
+        try:
+            result = self._run_probe(trainer)
+        except Exception as err:
+            rank_zero_warn(
+                f"fm_callback: the probe at step {step} failed and was skipped ({type(err).__name__}: {err}); "
+                "training goes on"
+            )
+            return
+        self._record(trainer, result)
+
+    def _record(self, trainer: pl.Trainer, result: ProbeResult) -> None:
+        step, epoch = trainer.global_step, trainer.current_epoch
+        self.last_event_step = step
+        change = self.tracker.update(result, step, epoch)
+        for name, channels in change.died.items():
+            since = sorted({self.tracker.since[name][c] for c in channels})
+            rank_zero_warn(
+                f"fm_callback: layer {name!r}: channel(s) {channels} dead for {self.tracker.patience} "
+                f"consecutive probe events (since epoch {', '.join(map(str, since))}, now step {step})"
+            )
+        for name, channels in change.revived.items():
+            rank_zero_info(f"fm_callback: layer {name!r}: channel(s) {channels} revived at step {step}")
+        if self._writer is not None:
+            self._writer.submit(tb.write_result, result, step, self.tracker.table(result), what=f"writing step {step}")
+
+    # ---- end ---------------------------------------------------------------------------------------------
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._writer is not None and len(self.tracker.history) > 1:
+            history = list(self.tracker.history)
+            self._writer.submit(tb.write_timeline, history, trainer.global_step, what="writing the dead timeline")
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._writer is not None:
+            self._writer.close(close_writer=self._owns_writer)
+            self._writer = None
+        self._probe = None
+
+    # ---- checkpoint state --------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model_input": self.model_input,
+            "pinned_channels": self.pinned_channels,
+            "last_event_step": self.last_event_step,
+            "tracker": self.tracker.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.model_input = state_dict.get("model_input")
+        self.pinned_channels = dict(state_dict.get("pinned_channels", {}))
+        self.last_event_step = state_dict.get("last_event_step")
+        self.tracker.load_state_dict(state_dict.get("tracker", {}))
+
+
+def _describe(model_input: Any) -> str:
+    tensor = first_tensor(model_input) if not isinstance(model_input, torch.Tensor) else model_input
+    if tensor is None:
+        return f"a {type(model_input).__name__}"
+    return f"input of shape {tuple(tensor.shape)}, dtype {str(tensor.dtype).replace('torch.', '')}"

@@ -1,0 +1,275 @@
+"""The framework-free core: hooks on, one forward, per-layer reports out, hooks off (in ``finally``).
+
+Inside each hook the layer output is reduced at once on its own device (statistics, and for picture
+layers the rendered grid), so no activation outlives its hook and an in-place op later in the forward
+(``ReLU(inplace=True)``) cannot change what was read. No Lightning import here: the probe works in a
+plain PyTorch loop too.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import render
+from .select import LayerSpec, select_layers, unwrap_compiled
+from .stats import DEFAULT_ATOL, DEFAULT_RTOL, ChannelStats, channel_stats
+
+DEFAULT_IMAGE_LAYERS = 6
+
+
+@dataclass
+class LayerReport:
+    """What one call of one watched layer produced on the probe batch. Tensors are on the CPU."""
+
+    name: str
+    shape: tuple[int, ...]
+    stats: ChannelStats
+    grid: torch.Tensor | None = None  # uint8 [3, H, W] with the channel-index header
+    channels: list[int] = field(default_factory=list)  # channel index of each grid column
+    overlay: torch.Tensor | None = None  # uint8 [3, H, W]: energy map over the probe input
+
+    @property
+    def dead(self) -> torch.Tensor:
+        return self.stats.dead
+
+    @property
+    def dead_fraction(self) -> float:
+        return float(self.stats.dead.float().mean()) if self.stats.dead.numel() else 0.0
+
+    @property
+    def never_positive(self) -> torch.Tensor:
+        return self.stats.never_positive
+
+    @property
+    def channel_mean(self) -> torch.Tensor:
+        return self.stats.mean
+
+    @property
+    def channel_std(self) -> torch.Tensor:
+        return self.stats.std
+
+    @property
+    def zero_fraction(self) -> torch.Tensor:
+        return self.stats.zero_fraction
+
+    @property
+    def nonfinite(self) -> torch.Tensor:
+        return self.stats.nonfinite
+
+
+@dataclass
+class ProbeResult(Mapping[str, LayerReport]):
+    """Per-layer reports keyed ``name`` (``name#k`` for the k-th extra call), in forward order."""
+
+    reports: dict[str, LayerReport]
+    input_image: torch.Tensor | None = None  # uint8 [3, H, W]: the probe batch as the model sees it
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.reports)
+
+    def __getitem__(self, name: str) -> LayerReport:
+        return self.reports[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.reports)
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    @property
+    def dead_fraction(self) -> float:
+        """Dead share over every monitored channel of every layer."""
+        total = sum(r.stats.dead.numel() for r in self.reports.values())
+        dead = sum(int(r.stats.dead.sum()) for r in self.reports.values())
+        return dead / total if total else 0.0
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a (nested) list/tuple/dict to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(to_device(v, device) for v in batch))
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a hook should read: the output itself, or the first tensor of a tuple/list/dict."""
+    if isinstance(output, torch.Tensor):
+        return output
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, list | tuple) else []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value
+    return None
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+class FeatureMapProbe:
+    """Hooks chosen layers for exactly one forward pass and reports what they produced.
+
+    Args:
+        model: any ``nn.Module`` (a ``torch.compile`` wrapper is unwrapped so hooks fire).
+        layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types, mixed;
+            ``None`` watches every Conv1d/2d/3d.
+        image_layers: which watched layers get a picture: names/patterns/types, or ``None`` for at most
+            6 spread from the first to the last watched layer; ``[]`` for none.
+        max_channels: columns per grid. max_samples: rows per grid (probe samples shown).
+        channel_order: ``"std"`` shows the most varied channels first, ``"index"`` the first ones.
+        cmap: matplotlib colormap of the grids. atol, rtol: the dead rule's tolerances.
+        mean, std: the input normalisation, to show the probe input (and overlays) as a person sees it.
+        overlay: also render each picture layer's mean |activation| over the probe input.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        image_layers: LayerSpec | Sequence[LayerSpec] | None = None,
+        max_channels: int = 16,
+        max_samples: int = 4,
+        channel_order: str = "std",
+        cmap: str = "viridis",
+        atol: float = DEFAULT_ATOL,
+        rtol: float = DEFAULT_RTOL,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        overlay: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        for arg, value in (("max_channels", max_channels), ("max_samples", max_samples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg} must be a positive int, got {value!r}")
+        if channel_order not in ("std", "index"):
+            raise ValueError(f"channel_order must be 'std' or 'index', got {channel_order!r}")
+        if atol < 0 or rtol < 0:
+            raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
+        if (mean is None) != (std is None):
+            raise ValueError("mean and std go together: pass both (the input normalisation) or neither")
+        self.model = unwrap_compiled(model)
+        self.layers = select_layers(self.model, layers)
+        self.image_names = self._image_names(image_layers)
+        self.max_channels = max_channels
+        self.max_samples = max_samples
+        self.channel_order = channel_order
+        self.lut = render.colormap_lut(cmap)
+        self.overlay_lut = render.colormap_lut("inferno")
+        self.atol, self.rtol = atol, rtol
+        self.mean = list(mean) if mean is not None else None
+        self.std = list(std) if std is not None else None
+        self.overlay = overlay
+        self.pinned_channels: dict[str, list[int]] = {}
+
+    def _image_names(self, image_layers: LayerSpec | Sequence[LayerSpec] | None) -> list[str]:
+        names = [name for name, _ in self.layers]
+        if image_layers is None:
+            count = min(DEFAULT_IMAGE_LAYERS, len(names))
+            if count == 1:
+                return names[:1]
+            picks = {round(i * (len(names) - 1) / (count - 1)) for i in range(count)}
+            return [names[i] for i in sorted(picks)]
+        if isinstance(image_layers, Sequence) and not isinstance(image_layers, str) and len(image_layers) == 0:
+            return []
+        chosen = [name for name, _ in select_layers(self.model, image_layers, argument="image_layers")]
+        missing = [name for name in chosen if name not in names]
+        if missing:
+            raise ValueError(
+                f"image_layers: {', '.join(missing)} not among the watched layers; add them to layers as well"
+            )
+        return chosen
+
+    def run(self, x: Any) -> ProbeResult:
+        """One forward of ``model(x)`` in eval mode under ``no_grad`` with hooks attached for its duration.
+
+        Every module's train/eval mode and the RNG state are restored afterwards, whatever happens.
+        """
+        model = self.model
+        device = model_device(model)
+        modes = [(module, module.training) for module in model.modules()]
+        calls: Counter[str] = Counter()
+        raw: dict[str, tuple[tuple[int, ...], ChannelStats, Any]] = {}
+        handles = []
+        warned: set[str] = set()
+
+        def make_hook(name: str, picture: bool):
+            def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+                key = name if calls[name] == 0 else f"{name}#{calls[name]}"
+                calls[name] += 1
+                tensor = first_tensor(output)
+                if tensor is None or tensor.dim() < 2:
+                    if name not in warned:
+                        warned.add(name)
+                        warnings.warn(
+                            f"fm_callback: layer {name!r} returned {type(output).__name__} with no (N, C, ...) "
+                            "tensor; it is skipped",
+                            stacklevel=2,
+                        )
+                    return
+                raw[key] = (tuple(tensor.shape), *self._reduce(name, tensor.detach(), picture))
+
+            return hook
+
+        cuda_devices = [device.index or 0] if device.type == "cuda" else []
+        try:
+            model.eval()
+            for name, module in self.layers:
+                handles.append(module.register_forward_hook(make_hook(name, name in self.image_names)))
+            with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
+                model(to_device(x, device))
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, mode in modes:
+                module.training = mode
+        return self._collect(raw, x)
+
+    def _reduce(self, name: str, output: torch.Tensor, picture: bool) -> tuple[ChannelStats, Any]:
+        """Statistics and (for picture layers) grid, channels and energy map, all still on the device."""
+        stats = channel_stats(output, self.atol, self.rtol)
+        if not picture or output.dim() < 3:
+            return stats, None
+        pinned = self.pinned_channels.get(name)
+        if pinned is not None and max(pinned) < output.shape[1]:
+            channels = torch.tensor(pinned)
+        else:
+            channels = render.choose_channels(stats.std, self.max_channels, self.channel_order)
+        grid = render.render_feature_grid(output, channels, self.max_samples, self.lut)
+        energy = render.activation_energy(output, self.max_samples) if self.overlay else None
+        return stats, (grid, channels.tolist(), energy)
+
+    def _collect(self, raw: dict[str, tuple], x: Any) -> ProbeResult:
+        """Move the small per-layer results to the CPU and finish the pictures there."""
+        images = None
+        first = first_tensor(x)
+        if first is not None:
+            images = render.input_images(first.detach().cpu(), self.max_samples, self.mean, self.std)
+        reports = {}
+        for key, (shape, stats, picture) in raw.items():
+            report = LayerReport(name=key, shape=shape, stats=stats.to("cpu"))
+            if picture is not None and picture[0] is not None:
+                grid, channels, energy = picture
+                report.grid = render.with_header(grid.cpu(), channels)
+                report.channels = channels
+                if energy is not None and images is not None:
+                    report.overlay = render.overlay(images, energy.cpu(), self.overlay_lut)
+            reports[key] = report
+        input_image = render.image_row(images) if images is not None else None
+        return ProbeResult(reports, input_image)

@@ -1,0 +1,221 @@
+"""Feature maps -> readable uint8 RGB grids, as pure tensor functions on the activation's device.
+
+Shapes are plain: a grid is ``uint8 [3, H, W]``. Rows are probe samples, columns are channels; a
+header strip above each column names the channel index, drawn with a tiny built-in bitmap font so
+no font file or image library is needed per event. Each channel is min-max normalised on its own
+over the shown samples, so a weak channel is as visible as a strong one; a constant channel renders
+as the colormap's lowest colour and a NaN/Inf value as magenta.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+NONFINITE_RGB = (255, 0, 255)
+BACKGROUND = 24
+PAD = 2
+MIN_TILE = 32
+MAX_TILE = 96
+STRIP_HEIGHT = 8
+
+# 3x5 bitmap digits for the channel-index header.
+_DIGITS = [
+    "111101101101111",
+    "010110010010111",
+    "111001111100111",
+    "111001111001111",
+    "101101111001001",
+    "111100111001111",
+    "111100111101111",
+    "111001001001001",
+    "111101111101111",
+    "111101111001111",
+]
+
+
+def colormap_lut(cmap: str = "viridis") -> torch.Tensor:
+    """A ``uint8 [256, 3]`` lookup table of a matplotlib colormap (read once, applied on any device)."""
+    import matplotlib
+
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(f"cmap: unknown matplotlib colormap {cmap!r}; try 'viridis', 'magma' or 'gray'") from None
+    rgba = colormap(torch.linspace(0, 1, 256).numpy())
+    return torch.from_numpy((rgba[:, :3] * 255).round()).to(torch.uint8)
+
+
+def choose_channels(std: torch.Tensor, k: int, order: str = "std") -> torch.Tensor:
+    """Indices of the ``k`` channels to show: most varied first (``"std"``) or the first ``k`` (``"index"``)."""
+    k = min(k, std.numel())
+    if order == "index":
+        return torch.arange(k)
+    if order == "std":
+        return torch.argsort(torch.nan_to_num(std.float(), nan=-1.0).cpu(), descending=True, stable=True)[:k]
+    raise ValueError(f"channel_order must be 'std' or 'index', got {order!r}")
+
+
+def as_maps(x: torch.Tensor) -> torch.Tensor | None:
+    """``(S, K, *spatial)`` -> ``(S, K, h, w)``: 1-D maps become strips, 3-D maps their middle depth slice."""
+    if x.dim() == 3:
+        return x.unsqueeze(2)
+    if x.dim() == 4:
+        return x
+    if x.dim() == 5:
+        return x[:, :, x.shape[2] // 2]
+    return None
+
+
+def _fit_tile(maps: torch.Tensor) -> torch.Tensor:
+    """Resize ``(S, K, h, w)`` maps so a 7x7 map is visible and a 224x224 map does not flood the grid."""
+    s, k, h, w = maps.shape
+    if h == 1:  # a 1-D strip: fit the length, then give it some height
+        if w > MAX_TILE * 2:
+            maps = F.interpolate(maps.reshape(s * k, 1, w), size=MAX_TILE * 2, mode="area").reshape(s, k, 1, -1)
+        elif w < MIN_TILE:
+            maps = maps.repeat_interleave(math.ceil(MIN_TILE / w), dim=3)
+        return maps.repeat_interleave(STRIP_HEIGHT, dim=2)
+    longest = max(h, w)
+    if longest > MAX_TILE:
+        size = (max(1, round(h * MAX_TILE / longest)), max(1, round(w * MAX_TILE / longest)))
+        return F.interpolate(maps, size=size, mode="area")
+    if longest < MIN_TILE:
+        factor = math.ceil(MIN_TILE / longest)
+        return maps.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+    return maps
+
+
+def normalise_per_channel(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-max normalise each channel (dim 1) over samples and positions; returns (values in [0,1], non-finite mask)."""
+    maps = maps.float()
+    finite = torch.isfinite(maps)
+    dims = (0, 2, 3)
+    lo = torch.where(finite, maps, torch.full_like(maps, math.inf)).amin(dim=dims, keepdim=True)
+    hi = torch.where(finite, maps, torch.full_like(maps, -math.inf)).amax(dim=dims, keepdim=True)
+    span = hi - lo
+    flat = ~(span > 0)  # constant or all non-finite: no contrast to show
+    norm = (maps - lo) / torch.where(flat, torch.ones_like(span), span)
+    norm = torch.where(flat | ~finite, torch.zeros_like(norm), norm).clamp(0, 1)
+    return norm, ~finite
+
+
+def colorize(norm: torch.Tensor, lut: torch.Tensor, nonfinite: torch.Tensor | None = None) -> torch.Tensor:
+    """Values in [0, 1] of any shape -> uint8 RGB with a trailing dim of 3, through the lookup table."""
+    rgb = lut.to(norm.device)[(norm * 255).round().long()]
+    if nonfinite is not None and bool(nonfinite.any()):
+        rgb[nonfinite] = torch.tensor(NONFINITE_RGB, dtype=torch.uint8, device=rgb.device)
+    return rgb
+
+
+def tile(rgb: torch.Tensor, pad: int = PAD, background: int = BACKGROUND) -> torch.Tensor:
+    """``uint8 (rows, cols, h, w, 3)`` -> ``uint8 [3, H, W]``: one tile per cell, ``pad`` pixels between."""
+    rows, cols, h, w, _ = rgb.shape
+    padded = F.pad(rgb.permute(0, 1, 4, 2, 3), (0, pad, 0, pad), value=background)
+    grid = padded.permute(2, 0, 3, 1, 4).reshape(3, rows * (h + pad), cols * (w + pad))
+    return grid[:, : rows * (h + pad) - pad, : cols * (w + pad) - pad]
+
+
+def render_feature_grid(
+    x: torch.Tensor, channels: torch.Tensor, max_samples: int, lut: torch.Tensor
+) -> torch.Tensor | None:
+    """The picture of one layer output ``(N, C, *spatial)``, without header: ``uint8 [3, H, W]`` on x's device.
+
+    ``None`` when the output has no spatial layout to show (e.g. ``(N, C)``).
+    """
+    maps = as_maps(x[:max_samples, channels.to(x.device)])
+    if maps is None:
+        return None
+    norm, nonfinite = normalise_per_channel(maps)
+    norm = _fit_tile(norm)
+    if bool(nonfinite.any()):
+        nonfinite = _fit_tile(nonfinite.float()) > 0
+    return tile(colorize(norm, lut, nonfinite))
+
+
+def _digit_strip(number: int, scale: int) -> torch.Tensor:
+    """A bool ``[5*scale, width]`` bitmap of a non-negative integer."""
+    glyphs = [torch.tensor([int(b) for b in _DIGITS[int(d)]], dtype=torch.bool).reshape(5, 3) for d in str(number)]
+    spaced = []
+    for i, glyph in enumerate(glyphs):
+        spaced.append(glyph)
+        if i < len(glyphs) - 1:
+            spaced.append(torch.zeros(5, 1, dtype=torch.bool))
+    bitmap = torch.cat(spaced, dim=1)
+    return bitmap.repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)
+
+
+def channel_header(channels: list[int], tile_width: int, pad: int = PAD) -> torch.Tensor:
+    """``uint8 [3, h, W]``: each channel index written above its column of a grid from :func:`tile`."""
+    widest = max(len(str(c)) for c in channels)
+    scale = 2 if widest * 8 <= tile_width else 1
+    height = 5 * scale + 2 * pad + 2
+    width = len(channels) * (tile_width + pad) - pad
+    header = torch.full((height, width), BACKGROUND, dtype=torch.uint8)
+    for col, channel in enumerate(channels):
+        bitmap = _digit_strip(channel, scale)[:, :tile_width]
+        left = col * (tile_width + pad) + (tile_width - bitmap.shape[1]) // 2
+        top = pad + 1
+        region = header[top : top + bitmap.shape[0], left : left + bitmap.shape[1]]
+        region[bitmap] = 230
+    return header.unsqueeze(0).expand(3, -1, -1).clone()
+
+
+def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
+    """A CPU grid from :func:`render_feature_grid` with the channel-index header on top."""
+    width = grid.shape[2]
+    tile_width = (width + PAD) // len(channels) - PAD
+    return torch.cat([channel_header(channels, tile_width), grid], dim=1)
+
+
+def input_images(
+    x: torch.Tensor, max_samples: int, mean: list[float] | None = None, std: list[float] | None = None
+) -> torch.Tensor | None:
+    """The probe input as float RGB ``(S, 3, H, W)`` in [0, 1], denormalised when ``mean``/``std`` are known.
+
+    Without them each sample is min-max scaled on its own. ``None`` for inputs that are not images.
+    """
+    if x.dim() != 4 or not x.is_floating_point():
+        return None
+    img = x[:max_samples].float()
+    if mean is not None and std is not None:
+        m = torch.tensor(mean, dtype=img.dtype, device=img.device).reshape(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=img.dtype, device=img.device).reshape(1, -1, 1, 1)
+        img = (img * s + m).clamp(0, 1)
+    else:
+        lo = img.amin(dim=(1, 2, 3), keepdim=True)
+        hi = img.amax(dim=(1, 2, 3), keepdim=True)
+        img = (img - lo) / (hi - lo).clamp(min=1e-12)
+    img = torch.nan_to_num(img, nan=0.0)
+    if img.shape[1] == 1:
+        img = img.expand(-1, 3, -1, -1)
+    elif img.shape[1] != 3:
+        img = img[:, :1].expand(-1, 3, -1, -1)
+    return img
+
+
+def image_row(images: torch.Tensor) -> torch.Tensor:
+    """Float RGB ``(S, 3, H, W)`` in [0, 1] -> one ``uint8 [3, H', W']`` row, tiles fitted like feature maps."""
+    fitted = _fit_tile(images)
+    rgb = (fitted * 255).round().to(torch.uint8).permute(0, 2, 3, 1).unsqueeze(0)
+    return tile(rgb)
+
+
+def activation_energy(x: torch.Tensor, max_samples: int) -> torch.Tensor | None:
+    """Mean absolute activation across channels, ``(S, h, w)`` float32: where the layer responds at all."""
+    maps = as_maps(x[:max_samples])
+    if maps is None or maps.shape[2] == 1:
+        return None
+    return maps.float().abs().mean(dim=1)
+
+
+def overlay(images: torch.Tensor, energy: torch.Tensor, lut: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Blend per-sample energy maps ``(S, h, w)`` over input images ``(S, 3, H, W)``; one uint8 row out."""
+    heat = F.interpolate(energy.unsqueeze(1).to(images.device), size=images.shape[2:], mode="bilinear")
+    lo = heat.amin(dim=(1, 2, 3), keepdim=True)
+    hi = heat.amax(dim=(1, 2, 3), keepdim=True)
+    heat = torch.nan_to_num((heat - lo) / (hi - lo).clamp(min=1e-12), nan=0.0).clamp(0, 1)
+    colour = colorize(heat[:, 0], lut).permute(0, 3, 1, 2).float() / 255
+    return image_row((1 - alpha) * images + alpha * colour)

@@ -139,12 +139,25 @@ class FeatureMapCallback(pl.Callback):
         std: Sequence[float] | None = None,
         overlay: bool = True,
     ) -> None:
-        given = [n for n, v in (("every_n_epochs", every_n_epochs), ("epochs", epochs), ("every_n_steps", every_n_steps)) if v is not None]
+        given = [
+            n
+            for n, v in (
+                ("every_n_epochs", every_n_epochs),
+                ("epochs", epochs),
+                ("every_n_steps", every_n_steps),
+            )
+            if v is not None
+        ]
         if len(given) > 1:
             raise ValueError(f"FeatureMapCallback: choose one schedule, got {' and '.join(given)}")
         for name, value in (("every_n_epochs", every_n_epochs), ("every_n_steps", every_n_steps)):
             _positive(name, value)
-        for name, value in (("probe_size", probe_size), ("max_channels", max_channels), ("max_samples", max_samples), ("dead_patience", dead_patience)):
+        for name, value in (
+            ("probe_size", probe_size),
+            ("max_channels", max_channels),
+            ("max_samples", max_samples),
+            ("dead_patience", dead_patience),
+        ):
             _positive(name, value, allow_none=False)
         if epochs is not None:
             epochs = sorted(set(epochs))
@@ -168,8 +181,15 @@ class FeatureMapCallback(pl.Callback):
         self.probe_size = probe_size
         self.input_fn = input_fn
         self.probe_options = dict(
-            max_channels=max_channels, max_samples=max_samples, channel_order=channel_order, cmap=cmap,
-            atol=atol, rtol=rtol, mean=mean, std=std, overlay=overlay,
+            max_channels=max_channels,
+            max_samples=max_samples,
+            channel_order=channel_order,
+            cmap=cmap,
+            atol=atol,
+            rtol=rtol,
+            mean=mean,
+            std=std,
+            overlay=overlay,
         )
         from .render import colormap_lut
 
@@ -187,8 +207,11 @@ class FeatureMapCallback(pl.Callback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            layers=self.layers, image_layers=self.image_layers, every_n_epochs=self.every_n_epochs,
-            epochs=self.epochs, every_n_steps=self.every_n_steps,
+            layers=self.layers,
+            image_layers=self.image_layers,
+            every_n_epochs=self.every_n_epochs,
+            epochs=self.epochs,
+            every_n_steps=self.every_n_steps,
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -232,13 +255,12 @@ class FeatureMapCallback(pl.Callback):
         if batch is None:
             loader = _first_loader(trainer.val_dataloaders) or _first_loader(trainer.train_dataloader)
             if loader is None:
-                raise ValueError(
-                    "FeatureMapCallback: no DataLoader to take the probe batch from; pass probe_batch="
-                )
+                raise ValueError("FeatureMapCallback: no DataLoader to take the probe batch from; pass probe_batch=")
             batch, taken = first_samples(loader, self.probe_size)
             if taken < self.probe_size:
                 rank_zero_warn(
-                    f"fm_callback: probe_size={self.probe_size} but the dataset has {taken} samples; probing with {taken}"
+                    f"fm_callback: probe_size={self.probe_size} but the dataset has {taken} samples; "
+                    f"probing with {taken}"
                 )
         try:
             model_input = self.input_fn(batch) if self.input_fn is not None else default_input(batch)

@@ -8,7 +8,8 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fm-callback", description="Feature maps and dead filters of CNNs, from TensorBoard logs or images."
+        prog="fm-callback",
+        description="Feature maps and dead filters of CNNs, from TensorBoard logs or images.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-LayerSpec = str | type[nn.Module]
+# The type comes first so that LightningCLI/jsonargparse reads "torch.nn.Conv2d" in YAML as the class
+# (tried first) and anything that is not an importable class ("features.0", "layer?.conv1") as a name.
+LayerSpec = type[nn.Module] | str
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _GLOB_CHARS = set("*?[")
 
@@ -18,19 +20,44 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def _as_specs(layers: LayerSpec | Sequence[LayerSpec] | None) -> list[LayerSpec]:
+def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every submodule, seeing through ``torch.compile`` wrappers anywhere in the model.
+
+    A compiled submodule ``body = torch.compile(net)`` shows as ``body``, ``body.0``, ... (not
+    ``body._orig_mod.0``): the names of the model as written, and the eager modules, whose hooks fire.
+    """
+    named = []
+    for name, module in unwrap_compiled(model).named_modules():
+        if not name or (type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod")):
+            continue
+        named.append((_strip_compiled(name), module))
+    return named
+
+
+def _strip_compiled(name: str) -> str:
+    return name.replace("._orig_mod", "").removeprefix("_orig_mod.")
+
+
+def _as_specs(layers: LayerSpec | Sequence[LayerSpec] | None, argument: str = "layers") -> list[LayerSpec]:
     if layers is None:
         return list(DEFAULT_TYPES)
-    if isinstance(layers, str) or isinstance(layers, type):
-        return [layers]
-    specs = list(layers)
+    if isinstance(layers, str | type | nn.Module) or not isinstance(layers, Iterable):
+        specs = [layers]
+    else:
+        specs = list(layers)
     for spec in specs:
+        if isinstance(spec, nn.Module):
+            raise TypeError(
+                f"{argument}: got a module instance ({type(spec).__name__}); pass its name in the model "
+                f"(e.g. 'features.0') or its type (e.g. {type(spec).__name__}) instead"
+            )
         if not isinstance(spec, str) and not (isinstance(spec, type) and issubclass(spec, nn.Module)):
             raise TypeError(
-                f"layers: each entry must be a module name, a glob pattern or an nn.Module type, got {spec!r}"
+                f"{argument}: each entry must be a module name, a glob pattern or an nn.Module type "
+                f"(e.g. ['features.0', 'layer*.conv1', nn.Conv2d]), got {spec!r} of type {type(spec).__name__}"
             )
     if not specs:
-        raise ValueError("layers: the list is empty; pass None to watch every Conv1d/2d/3d layer")
+        raise ValueError(f"{argument}: the list is empty; pass None to watch every Conv1d/2d/3d layer")
     return specs
 
 
@@ -41,14 +68,20 @@ def select_layers(
 
     Raises ``ValueError`` naming the closest existing names when a name or pattern matches nothing.
     """
-    named = [(name, module) for name, module in unwrap_compiled(model).named_modules() if name]
+    named = named_modules(model)
     names = [name for name, _ in named]
     chosen: set[str] = set()
-    for spec in _as_specs(layers):
+    for spec in _as_specs(layers, argument):
+        if isinstance(spec, str):
+            spec = _strip_compiled(spec)  # a name copied from a state_dict of a compiled model
         if isinstance(spec, type):
             hits = {name for name, module in named if isinstance(module, spec)}
             if not hits and layers is not None:
-                raise ValueError(f"{argument}: the model has no module of type {spec.__name__}")
+                kinds = ", ".join(sorted({type(m).__name__ for _, m in named})) or "none: it has no submodules"
+                raise ValueError(
+                    f"{argument}: the model has no module of type {spec.__name__}; pass a type it has "
+                    f"({kinds}) or module names"
+                )
         elif _GLOB_CHARS & set(spec):
             hits = set(fnmatch.filter(names, spec))
             if not hits:

@@ -1,12 +1,159 @@
-"""Reading fm_callback's event files back, and the dead-filter timeline picture."""
+"""Reading fm_callback's event files back (``fm-callback report``), and the dead-filter timeline picture.
+
+The callback writes, at every probe event, a JSON record of the dead filters (tag ``fm_callback/dead_state``,
+see ``tensorboard.py``): per layer the channel count, the dead and never-positive channels, the persistently
+dead ones with the epoch/step their streak began, and those that revived. This module finds every run under
+a log directory, reads those records with TensorBoard's own loader and summarises them per run and layer.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from . import tensorboard as tb
+from .tracking import format_channels
 
-def timeline_figure(history: list[dict[str, Any]]):
-    """A matplotlib figure: one row per layer, one column per probe event, dead fraction as colour."""
+# Everything of the scalars and tensors (the records); of the bulky kinds, only the last item is kept.
+SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "images": 1, "histograms": 1, "audio": 1, "compressedHistograms": 1}
+MAX_EVENT_COLUMNS = 12
+
+
+class ReportError(Exception):
+    """A log directory that cannot be reported on; the message says why and what to do."""
+
+
+@dataclass
+class Run:
+    """One run: a directory of event files, and its dead-filter records sorted by step."""
+
+    name: str  # relative to the log directory given
+    path: str
+    records: list[dict[str, Any]]
+
+
+def find_event_dirs(logdir: str | os.PathLike) -> list[Path]:
+    """Every directory under ``logdir`` (itself included) holding TensorBoard event files, sorted."""
+    root = Path(logdir)
+    if root.is_file():
+        return [root]
+    found = {Path(d) for d, _, files in os.walk(root) if any("tfevents" in f for f in files)}
+    return sorted(found)
+
+
+def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The dead-filter records of one run (a directory of event files, or one file), one per step, by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(path), size_guidance=SIZE_GUIDANCE)
+    accumulator.Reload()
+    tags = accumulator.Tags().get("tensors", [])
+    by_step: dict[int, dict[str, Any]] = {}
+    for tag in (tb.DEAD_STATE, f"{tb.DEAD_STATE}/text_summary"):  # the second: written by a non-torch writer
+        if tag not in tags:
+            continue
+        for event in accumulator.Tensors(tag):
+            try:
+                record = json.loads(event.tensor_proto.string_val[0].decode("utf-8"))
+            except (IndexError, UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(record, dict) and isinstance(record.get("layers"), dict):
+                record["step"] = event.step
+                by_step[event.step] = record  # a later write of the same step (a resumed run) wins
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def load_runs(logdir: str | os.PathLike) -> list[Run]:
+    """Every run under ``logdir`` that holds fm_callback dead-filter records; ReportError if there is none."""
+    root = Path(logdir)
+    if not root.exists():
+        raise ReportError(f"LOGDIR {str(root)!r} does not exist; pass the directory your TensorBoardLogger writes to")
+    dirs = find_event_dirs(root)
+    if not dirs:
+        raise ReportError(f"no TensorBoard event files under {str(root)!r}; is this the right log directory?")
+    runs = []
+    for path in dirs:
+        records = load_records(path)
+        if records:
+            name = "." if path == root else str(path.relative_to(root)) if root in path.parents else str(path)
+            runs.append(Run(name=name, path=str(path.resolve()), records=records))
+    if not runs:
+        raise ReportError(
+            f"{len(dirs)} run(s) with event files under {str(root)!r}, but none holds fm_callback data "
+            f"(tag {tb.DEAD_STATE!r}). Was FeatureMapCallback attached to the Trainer, with a TensorBoardLogger, "
+            "and did at least one probe event run?"
+        )
+    return runs
+
+
+def summarize(run: Run) -> dict[str, Any]:
+    """A JSON-ready summary of one run: per layer the dead fraction at each event, the channels dead now,
+    the persistently dead ones (with the epoch/step they died), never-positive ones, and every revival."""
+    records = run.records
+    last = records[-1]
+    names: list[str] = []
+    for record in records:
+        names += [n for n in record["layers"] if n not in names]
+    layers = []
+    for name in names:
+        fractions = []
+        for record in records:
+            layer = record["layers"].get(name)
+            fractions.append(len(layer["dead"]) / layer["channels"] if layer and layer["channels"] else None)
+        now = last["layers"].get(name)
+        layers.append(
+            {
+                "layer": name,
+                "channels": now["channels"] if now else None,
+                "dead_fraction": fractions,
+                "dead": now["dead"] if now else [],
+                "persistent": now["persistent"] if now else [],
+                # alive, but a ReLU that follows would silence them
+                "never_positive_alive": sorted(set(now["never_positive"]) - set(now["dead"])) if now else [],
+            }
+        )
+    revived = [
+        {"layer": name, **entry, "step": record["step"], "epoch": record["epoch"]}
+        for record in records
+        for name, layer in record["layers"].items()
+        for entry in layer.get("revived", [])
+    ]
+    return {
+        "run": run.name,
+        "path": run.path,
+        "patience": last.get("patience"),
+        "events": [{"step": r["step"], "epoch": r["epoch"]} for r in records],
+        "layers": layers,
+        "revived": revived,
+    }
+
+
+def history(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summary's events in the form ``timeline_figure`` takes (the tracker's history)."""
+    return [
+        {
+            "step": event["step"],
+            "epoch": event["epoch"],
+            "dead_fraction": {
+                layer["layer"]: layer["dead_fraction"][i]
+                for layer in summary["layers"]
+                if layer["dead_fraction"][i] is not None
+            },
+        }
+        for i, event in enumerate(summary["events"])
+    ]
+
+
+def timeline_figure(history: list[dict[str, Any]], title: str | None = None):
+    """A matplotlib figure: one row per layer, one column per probe event, dead fraction as colour.
+
+    ``history`` is a list of ``{"step", "epoch", "dead_fraction": {layer: fraction}}``, one per event.
+    Cells show the percentage when the grid is small enough to read it.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -22,19 +169,158 @@ def timeline_figure(history: list[dict[str, Any]]):
     for col, event in enumerate(history):
         for row, name in enumerate(layers):
             values[row, col] = event["dead_fraction"].get(name, np.nan)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(history) + 3), max(2.5, 0.3 * len(layers) + 1.5)))
+    width = min(14.0, max(5.0, 0.55 * len(history) + 3))
+    fig, ax = plt.subplots(figsize=(width, max(2.5, 0.3 * len(layers) + 1.5)))
     image = ax.imshow(values, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    if len(layers) <= 40 and len(history) <= 24:
+        for (row, col), value in np.ndenumerate(values):
+            if not np.isnan(value):
+                colour = "black" if value > 0.6 else "white"
+                ax.text(col, row, f"{100 * value:.3g}", ha="center", va="center", fontsize=7, color=colour)
     ax.set_yticks(range(len(layers)), layers, fontsize=8)
-    steps = [event["step"] for event in history]
-    ticks = range(0, len(steps), max(1, len(steps) // 12))
-    ax.set_xticks(list(ticks), [str(steps[i]) for i in ticks], fontsize=8)
-    ax.set_xlabel("global step of the probe event")
-    ax.set_title("dead filters: share of each layer's channels")
+    ticks = list(range(0, len(history), max(1, len(history) // 12)))
+    labels = [f"{history[i]['step']}\nep {history[i]['epoch']}" for i in ticks]
+    ax.set_xticks(ticks, labels, fontsize=7)
+    ax.set_xlabel("probe event (global step, epoch)")
+    ax.set_title(title or "dead filters: % of each layer's channels", fontsize=10)
     fig.colorbar(image, ax=ax, label="dead fraction")
     fig.tight_layout()
     return fig
 
 
-def report_command(args) -> int:
-    """``fm-callback report LOGDIR``: not written yet."""
-    raise NotImplementedError
+# ---- the command ---------------------------------------------------------------------------------------------
+
+
+def report_command(args: Any) -> int:
+    """``fm-callback report LOGDIR [--json] [--plot PNG]``; returns the exit status."""
+    try:
+        runs = load_runs(args.logdir)
+    except ReportError as err:
+        print(f"fm-callback report: {err}", file=sys.stderr)
+        return 1
+    summaries = [summarize(run) for run in runs]
+    if args.json:
+        print(json.dumps({"logdir": str(args.logdir), "runs": summaries}, indent=2))
+    else:
+        console = _console()
+        for summary in summaries:
+            print_summary(console, summary)
+    if args.plot:
+        for path in save_plots(summaries, args.plot):
+            print(f"timeline saved to {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def save_plots(summaries: list[dict[str, Any]], target: str) -> list[str]:
+    """One timeline PNG per run: ``target`` itself for one run, ``<stem>.<run>.png`` beside it for several."""
+    import matplotlib.pyplot as plt
+
+    out = Path(target)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for summary in summaries:
+        path = out
+        if len(summaries) > 1:
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in summary["run"]).strip("._") or "run"
+            path = out.with_name(f"{out.stem}.{safe}{out.suffix or '.png'}")
+        fig = timeline_figure(history(summary), title=f"dead filters of {summary['run']}: % of each layer's channels")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(str(path))
+    return paths
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(highlight=False, width=160)  # piped: wide enough that tables do not wrap
+    return console
+
+
+def print_summary(console: Any, summary: dict[str, Any]) -> None:
+    """The human-readable report of one run: dead fraction over time, persistent, revived, never positive."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    events = summary["events"]
+    first, last = events[0], events[-1]
+    console.rule(f"[bold]{escape(summary['run'])}[/bold]")
+    console.print(
+        f"{len(events)} probe event(s), steps {first['step']}-{last['step']} (epochs {first['epoch']}-"
+        f"{last['epoch']}); persistently dead = dead for {summary['patience']} consecutive events or more."
+    )
+    shown = _spread(len(events), MAX_EVENT_COLUMNS)
+    caption = f"{len(shown)} of {len(events)} events shown; --json has them all" if len(shown) < len(events) else None
+    table = Table(title="Dead fraction per layer over time", caption=caption, title_justify="left")
+    table.add_column("layer", style="bold")
+    table.add_column("channels", justify="right")
+    for i in shown:
+        table.add_column(f"step {events[i]['step']}\nep {events[i]['epoch']}", justify="right")
+    table.add_column("dead now", justify="left")
+    for layer in summary["layers"]:
+        cells = [_percent(layer["dead_fraction"][i]) for i in shown]
+        table.add_row(escape(layer["layer"]), str(layer["channels"] or "-"), *cells, format_channels(layer["dead"]))
+    console.print(table)
+
+    persistent = [(layer["layer"], entry) for layer in summary["layers"] for entry in layer["persistent"]]
+    if persistent:
+        table = Table(title="Persistently dead channels (at the last event)", title_justify="left")
+        for column in ("layer", "channels", "dead since", "events dead"):
+            table.add_column(column)
+        for (name, since_epoch, since_step, count), channels in _group(persistent).items():
+            table.add_row(
+                escape(name), format_channels(channels), f"epoch {since_epoch} (step {since_step})", str(count)
+            )
+        console.print(table)
+    else:
+        console.print("[green]No persistently dead channels at the last event.[/green]")
+
+    if summary["revived"]:
+        table = Table(title="Revived channels (persistently dead, then alive again)", title_justify="left")
+        for column in ("layer", "channel", "dead since", "revived at"):
+            table.add_column(column)
+        for r in summary["revived"]:
+            table.add_row(
+                escape(r["layer"]),
+                str(r["channel"]),
+                f"epoch {r['since_epoch']} (step {r['since_step']})",
+                f"epoch {r['epoch']} (step {r['step']})",
+            )
+        console.print(table)
+    else:
+        console.print("No channel revived.")
+
+    never = [
+        (layer["layer"], layer["never_positive_alive"]) for layer in summary["layers"] if layer["never_positive_alive"]
+    ]
+    if never:
+        console.print("Never positive at the last event (alive, but a ReLU right after would silence them):")
+        for name, channels in never:
+            console.print(f"  {escape(name)}: {format_channels(channels)}")
+    console.print()
+
+
+def _group(persistent: list[tuple[str, dict[str, Any]]]) -> dict[tuple, list[int]]:
+    """Persistent channels grouped by layer and the event their streak began (one table row each)."""
+    groups: dict[tuple, list[int]] = {}
+    for name, entry in persistent:
+        key = (name, entry["since_epoch"], entry["since_step"], entry["events"])
+        groups.setdefault(key, []).append(entry["channel"])
+    return groups
+
+
+def _spread(total: int, most: int) -> list[int]:
+    """At most ``most`` indices of ``range(total)``, evenly spread, first and last included."""
+    if total <= most:
+        return list(range(total))
+    return sorted({round(i * (total - 1) / (most - 1)) for i in range(most)})
+
+
+def _percent(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "[dim]0%[/dim]"
+    return f"[red]{100 * value:.1f}%[/red]" if value >= 0.5 else f"[yellow]{100 * value:.1f}%[/yellow]"

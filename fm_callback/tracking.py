@@ -1,6 +1,9 @@
 """Dead filters over time: per channel, how many consecutive probe events it has been dead.
 
-Framework-free and small; its whole state is plain Python so it goes into a checkpoint as it is.
+A channel dead for ``patience`` consecutive events is *persistently dead*: reported once (a warning naming
+the layer, the channels and the epoch their streak began), and reported again as *revived* if it ever
+carries information again. Framework-free and small; its whole state is plain Python (ints, lists, dicts),
+so it goes into a Lightning checkpoint as it is and a resumed run carries on counting.
 """
 
 from __future__ import annotations
@@ -10,51 +13,99 @@ from typing import Any
 
 from .probe import ProbeResult
 
+RECORD_VERSION = 1
+
 
 @dataclass
 class DeadChange:
-    """What one event changed: channels that just became persistently dead, and ones that revived."""
+    """What one event changed, per layer: channels that just became persistently dead, and ones that revived.
+
+    ``warnings`` and ``notes`` are the ready-made messages for the user (one per layer at most).
+    """
 
     died: dict[str, list[int]] = field(default_factory=dict)
     revived: dict[str, list[int]] = field(default_factory=dict)
+    revivals: list[dict[str, Any]] = field(default_factory=list)  # this event's entries of tracker.revivals
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class DeadFilterTracker:
-    """Counts consecutive dead events per channel; a channel dead for ``patience`` events is persistent."""
+    """Counts consecutive dead events per channel; a channel dead for ``patience`` events is persistent.
+
+    State, per layer and channel: ``streak`` (consecutive dead events up to now), ``since`` (``[step, epoch]``
+    of the event its streak began, else ``None``) and ``reported`` (whether it was announced as persistently
+    dead, so each death is warned about exactly once, even across a resume with a different patience).
+    """
 
     def __init__(self, patience: int = 3) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"dead_patience must be a positive int, got {patience!r}")
         self.patience = patience
         self.streak: dict[str, list[int]] = {}
-        self.since: dict[str, list[int | None]] = {}  # epoch at which the current streak began
+        self.since: dict[str, list[list[int] | None]] = {}
+        self.reported: dict[str, list[bool]] = {}
         self.history: list[dict[str, Any]] = []  # per event: step, epoch, dead fraction per layer
-        self.revivals: list[dict[str, Any]] = []  # layer, channel, step, epoch
+        self.revivals: list[dict[str, Any]] = []  # layer, channel, step, epoch, since_step, since_epoch, events
 
     def update(self, result: ProbeResult, step: int, epoch: int) -> DeadChange:
+        """Count one probe event; returns what it changed and the messages to show."""
         change = DeadChange()
         for name, report in result.items():
             dead = report.dead.tolist()
-            streak = self.streak.setdefault(name, [0] * len(dead))
-            since = self.since.setdefault(name, [None] * len(dead))
-            if len(streak) != len(dead):  # the layer changed width (e.g. a new model): start over
-                streak[:] = [0] * len(dead)
-                since[:] = [None] * len(dead)
+            if len(self.streak.get(name, [])) != len(dead):  # a new layer, or one that changed width: start over
+                self.streak[name] = [0] * len(dead)
+                self.since[name] = [None] * len(dead)
+                self.reported[name] = [False] * len(dead)
+            streak, since, reported = self.streak[name], self.since[name], self.reported[name]
             for channel, is_dead in enumerate(dead):
                 if is_dead:
                     if streak[channel] == 0:
-                        since[channel] = epoch
+                        since[channel] = [step, epoch]
                     streak[channel] += 1
-                    if streak[channel] == self.patience:
+                    if streak[channel] >= self.patience and not reported[channel]:
+                        reported[channel] = True
                         change.died.setdefault(name, []).append(channel)
-                else:
-                    if streak[channel] >= self.patience:
-                        change.revived.setdefault(name, []).append(channel)
-                        self.revivals.append({"layer": name, "channel": channel, "step": step, "epoch": epoch})
-                    streak[channel] = 0
-                    since[channel] = None
+                    continue
+                if reported[channel]:
+                    change.revived.setdefault(name, []).append(channel)
+                    since_step, since_epoch = since[channel]
+                    change.revivals.append(
+                        {
+                            "layer": name,
+                            "channel": channel,
+                            "step": step,
+                            "epoch": epoch,
+                            "since_step": since_step,
+                            "since_epoch": since_epoch,
+                            "events": streak[channel],
+                        }
+                    )
+                streak[channel], since[channel], reported[channel] = 0, None, False
+        self.revivals.extend(change.revivals)
         self.history.append(
             {"step": step, "epoch": epoch, "dead_fraction": {n: r.dead_fraction for n, r in result.items()}}
         )
+        for name, channels in change.died.items():
+            change.warnings.append(
+                f"fm_callback: layer {name!r}: {self._since_text(name, channels)} "
+                f"persistently dead: constant over the whole probe batch for {self.patience} or more consecutive "
+                f"probe events (now epoch {epoch}, step {step}). Check its weights, its bias and the learning rate."
+            )
+        for name, channels in change.revived.items():
+            change.notes.append(
+                f"fm_callback: layer {name!r}: {_plural(channels)} revived at epoch {epoch}, step {step}"
+            )
         return change
+
+    def _since_text(self, name: str, channels: list[int]) -> str:
+        """``channels 2, 5 dead since epoch 0 (step 0) and channel 7 dead since epoch 3 (step 12)``."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for channel in channels:
+            step, epoch = self.since[name][channel]
+            groups.setdefault((epoch, step), []).append(channel)
+        parts = [f"{_plural(chs)} dead since epoch {e} (step {s})" for (e, s), chs in sorted(groups.items())]
+        return " and ".join(parts) + (" is" if len(channels) == 1 else " are")
 
     def persistent(self) -> dict[str, list[int]]:
         """Channels dead for at least ``patience`` consecutive events, per layer (layers with none left out)."""
@@ -65,19 +116,55 @@ class DeadFilterTracker:
                 out[name] = channels
         return out
 
-    def table(self, result: ProbeResult) -> str:
-        """A markdown table of this event's dead and never-positive channels, and the persistent ones."""
+    def record(self, result: ProbeResult, change: DeadChange | None = None) -> dict[str, Any]:
+        """The machine-readable form of the event just counted (what ``fm-callback report`` reads back).
+
+        Per layer: channel count, dead and never-positive channels at this event, the persistently dead
+        ones with the step/epoch their streak began, and the ones that revived at this event.
+        """
+        event = self.history[-1] if self.history else {"step": 0, "epoch": 0}
+        revivals = change.revivals if change is not None else []
+        layers = {}
+        for name, report in result.items():
+            streak, since = self.streak.get(name, []), self.since.get(name, [])
+            layers[name] = {
+                "channels": int(report.dead.numel()),
+                "dead": report.dead.nonzero().flatten().tolist(),
+                "never_positive": report.never_positive.nonzero().flatten().tolist(),
+                "persistent": [
+                    {"channel": c, "since_step": since[c][0], "since_epoch": since[c][1], "events": n}
+                    for c, n in enumerate(streak)
+                    if n >= self.patience
+                ],
+                "revived": [
+                    {k: r[k] for k in ("channel", "since_step", "since_epoch", "events")}
+                    for r in revivals
+                    if r["layer"] == name
+                ],
+            }
+        return {
+            "version": RECORD_VERSION,
+            "step": event["step"],
+            "epoch": event["epoch"],
+            "patience": self.patience,
+            "layers": layers,
+        }
+
+    def table(self, result: ProbeResult, change: DeadChange | None = None) -> str:
+        """A markdown table of this event: dead, persistently dead (with since), revived, never-positive channels."""
         persistent = self.persistent()
+        revived = change.revived if change is not None else {}
         rows = [
-            "| layer | dead | dead channels | persistently dead | never positive |",
-            "|---|---|---|---|---|",
+            "| layer | dead | dead channels | persistently dead (since epoch) | revived now | never positive |",
+            "|---|---|---|---|---|---|",
         ]
         for name, report in result.items():
             dead = report.dead.nonzero().flatten().tolist()
             never = report.never_positive.nonzero().flatten().tolist()
+            lasting = ", ".join(f"{c} ({self.since[name][c][1]})" for c in persistent.get(name, [])) or "-"
             rows.append(
-                f"| {name} | {len(dead)}/{report.dead.numel()} | {_indices(dead)} | "
-                f"{_indices(persistent.get(name, []))} | {_indices(never)} |"
+                f"| {name} | {len(dead)}/{report.dead.numel()} | {format_channels(dead)} | {lasting} | "
+                f"{format_channels(revived.get(name, []))} | {format_channels(never)} |"
             )
         return "\n".join(rows)
 
@@ -86,16 +173,37 @@ class DeadFilterTracker:
             "patience": self.patience,
             "streak": self.streak,
             "since": self.since,
+            "reported": self.reported,
             "history": self.history,
             "revivals": self.revivals,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore counts from a checkpoint; ``patience`` stays as configured now."""
         self.streak = {k: list(v) for k, v in state.get("streak", {}).items()}
-        self.since = {k: list(v) for k, v in state.get("since", {}).items()}
+        self.since = {k: [list(s) if s is not None else None for s in v] for k, v in state.get("since", {}).items()}
+        self.reported = {
+            k: list(state.get("reported", {}).get(k, [n >= self.patience for n in v])) for k, v in self.streak.items()
+        }
         self.history = list(state.get("history", []))
         self.revivals = list(state.get("revivals", []))
 
 
-def _indices(channels: list[int]) -> str:
-    return ", ".join(map(str, channels)) if channels else "-"
+def format_channels(channels: list[int]) -> str:
+    """``0, 2-5, 9`` for [0, 2, 3, 4, 5, 9]: runs of three or more become ranges; ``-`` for none."""
+    if not channels:
+        return "-"
+    parts: list[str] = []
+    start = prev = channels[0]
+    for c in [*channels[1:], None]:
+        if c is not None and c == prev + 1:
+            prev = c
+            continue
+        parts.append(f"{start}-{prev}" if prev - start >= 2 else ", ".join(map(str, range(start, prev + 1))))
+        if c is not None:
+            start = prev = c
+    return ", ".join(parts)
+
+
+def _plural(channels: list[int]) -> str:
+    return f"channel {channels[0]}" if len(channels) == 1 else f"channels {', '.join(map(str, channels))}"

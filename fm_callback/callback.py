@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset
 
 from . import tensorboard as tb
-from .probe import FeatureMapProbe, ProbeResult, first_tensor, to_device
+from .probe import FeatureMapProbe, ProbeResult, check_input, first_tensor, to_device
 from .select import LayerSpec
 from .stats import DEFAULT_ATOL, DEFAULT_RTOL
 from .tracking import DeadFilterTracker
@@ -37,9 +37,11 @@ def default_input(batch: Any) -> Any:
             f"expected one of {', '.join(INPUT_KEYS)}. Pass input_fn=, a function batch -> model input "
             "(defined at module level so the callback stays picklable)."
         )
+    numpy_hint = " (convert it with torch.as_tensor)" if type(batch).__module__.split(".")[0] == "numpy" else ""
     raise ValueError(
-        f"fm_callback: cannot find the model input in a batch of type {type(batch).__name__}; pass input_fn=, "
-        "a function batch -> model input (defined at module level so the callback stays picklable)."
+        f"fm_callback: cannot find the model input in a batch of type {type(batch).__name__}{numpy_hint}; give "
+        "probe_batch= a torch.Tensor (or a batch as your dataloader yields it), or pass input_fn=, a function "
+        "batch -> model input (defined at module level so the callback stays picklable)."
     )
 
 
@@ -59,6 +61,12 @@ def first_samples(loader: DataLoader, count: int) -> tuple[Any, int]:
         for batch in loader:
             return batch, count
     raise ValueError("fm_callback: the dataloader yielded no batch; pass probe_batch= instead")
+
+
+def _probe_loaders(trainer: pl.Trainer) -> list[DataLoader]:
+    """Where the probe batch may come from, in order: the first val DataLoader, then the first train DataLoader."""
+    found = (_first_loader(trainer.val_dataloaders), _first_loader(trainer.train_dataloader))
+    return [loader for loader in found if loader is not None]  # no `or`: bool(loader) calls len(), which may raise
 
 
 def _first_loader(loaders: Any) -> DataLoader | None:
@@ -85,6 +93,33 @@ def _slice(batch: Any, count: int) -> Any:
     if isinstance(batch, list | tuple):
         return type(batch)(_slice(v, count) for v in batch)
     return batch
+
+
+def found_normalisation(trainer: pl.Trainer, model_input: Any) -> tuple[list[float] | None, list[float] | None]:
+    """The input's ``(mean, std)`` where Lightning exposes it, else ``(None, None)``.
+
+    Looked for in the datamodule's ``mean``/``std`` attributes, then in a ``Normalize`` of the val (else train)
+    dataset's ``transform`` (torchvision's ``Compose([..., Normalize(mean, std)])``). Used only when the user
+    gave none, and only when it fits the probe input's channels, so ``probe/input`` shows what a person sees.
+    """
+    sources: list[Any] = [getattr(trainer, "datamodule", None)]
+    loader = next(iter(_probe_loaders(trainer)), None)
+    dataset = getattr(loader, "dataset", None)
+    while hasattr(dataset, "dataset") and not hasattr(dataset, "transform"):  # Subset and similar wrappers
+        dataset = dataset.dataset
+    transform = getattr(dataset, "transform", None)
+    sources += [t for t in [*getattr(transform, "transforms", []), transform] if type(t).__name__ == "Normalize"]
+    tensor = first_tensor(model_input)
+    channels = tensor.shape[1] if tensor is not None and tensor.dim() == 4 else None
+    for source in sources:
+        try:
+            mean = torch.as_tensor(source.mean, dtype=torch.float32).flatten().tolist()
+            std = torch.as_tensor(source.std, dtype=torch.float32).flatten().tolist()
+        except (AttributeError, TypeError, ValueError, RuntimeError):
+            continue
+        if channels and len(mean) in (1, channels) and len(std) == len(mean) and min(std) > 0:
+            return mean, std
+    return None, None
 
 
 def _positive(name: str, value: Any, allow_none: bool = True) -> None:
@@ -160,6 +195,11 @@ class FeatureMapCallback(pl.Callback):
         ):
             _positive(name, value, allow_none=False)
         if epochs is not None:
+            if isinstance(epochs, str) or not isinstance(epochs, Iterable):
+                raise ValueError(
+                    f"FeatureMapCallback: epochs must be a list of epoch indices (0-based), e.g. epochs=[0, 4, 9], "
+                    f"got {epochs!r}; for an event every n epochs pass every_n_epochs=n"
+                )
             epochs = sorted(set(epochs))
             if not epochs or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in epochs):
                 raise ValueError(f"FeatureMapCallback: epochs must be a non-empty list of ints >= 0, got {epochs!r}")
@@ -224,6 +264,10 @@ class FeatureMapCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
+            # A new fit counts steps from its own start; a resumed one gets this back from load_state_dict,
+            # which runs after setup. Otherwise a reused callback would skip steps it saw in an earlier fit.
+            self.last_event_step = None
+            self.tracker = DeadFilterTracker(self.tracker.patience)  # dead streaks too start over (or are restored)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled(trainer):
@@ -232,6 +276,9 @@ class FeatureMapCallback(pl.Callback):
             self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
         if self.model_input is None:
             self.model_input = self._take_model_input(trainer)
+        if self._probe.mean is None:  # none given: the datamodule's or the dataset transform's, when they fit
+            self._probe.mean, self._probe.std = found_normalisation(trainer, self.model_input)
+        check_input(self.model_input, self._probe.mean, self._probe.std, argument="probe_batch")
         self._probe.pinned_channels = dict(self.pinned_channels)
         if trainer.is_global_zero:
             self._writer, self._owns_writer = self._open_writer(trainer)
@@ -244,19 +291,31 @@ class FeatureMapCallback(pl.Callback):
 
     def _take_model_input(self, trainer: pl.Trainer) -> Any:
         """The probe's model input, taken once on rank 0 and broadcast, kept on the CPU."""
-        model_input = None
+        model_input, error = None, None
         if trainer.is_global_zero:
-            model_input = self._read_probe_batch(trainer)
-        model_input = trainer.strategy.broadcast(model_input, src=0)
+            try:
+                model_input = self._read_probe_batch(trainer)
+            except Exception as err:  # sent to every rank, so that all raise instead of the others waiting
+                error = err
+        model_input, error = trainer.strategy.broadcast((model_input, error), src=0)
+        if error is not None:
+            raise error
+        check_input(model_input, argument="probe_batch")
         return to_device(model_input, torch.device("cpu"))
 
     def _read_probe_batch(self, trainer: pl.Trainer) -> Any:
         batch = self.probe_batch
         if batch is None:
-            loader = _first_loader(trainer.val_dataloaders) or _first_loader(trainer.train_dataloader)
-            if loader is None:
+            loaders = _probe_loaders(trainer)
+            if not loaders:
                 raise ValueError("FeatureMapCallback: no DataLoader to take the probe batch from; pass probe_batch=")
-            batch, taken = first_samples(loader, self.probe_size)
+            for loader in loaders:  # an empty val loader falls back to the train loader
+                try:
+                    batch, taken = first_samples(loader, self.probe_size)
+                    break
+                except ValueError:
+                    if loader is loaders[-1]:
+                        raise
             if taken < self.probe_size:
                 rank_zero_warn(
                     f"fm_callback: probe_size={self.probe_size} but the dataset has {taken} samples; "
@@ -268,7 +327,8 @@ class FeatureMapCallback(pl.Callback):
             raise
         except Exception as err:
             raise ValueError(
-                f"FeatureMapCallback: input_fn failed on the probe batch ({type(err).__name__}: {err})"
+                f"FeatureMapCallback: input_fn failed on the probe batch ({type(err).__name__}: {err}); it gets a "
+                "batch as your dataloader yields it (or probe_batch= as given) and must return what the model takes"
             ) from err
         if self.probe_batch is None:
             model_input = _slice(model_input, self.probe_size)
@@ -287,7 +347,8 @@ class FeatureMapCallback(pl.Callback):
             ) from err
         if not len(result):
             raise ValueError(
-                "FeatureMapCallback: none of the watched layers ran during the model's forward; check layers="
+                "FeatureMapCallback: none of the watched layers ran during the model's forward (a module that exists "
+                "but is not called in forward() reports nothing); check layers="
             )
         self.pinned_channels = {name: r.channels for name, r in result.items() if r.channels and "#" not in name}
         self._probe.pinned_channels = dict(self.pinned_channels)
@@ -335,29 +396,24 @@ class FeatureMapCallback(pl.Callback):
         if self._probe is None or self.model_input is None or step == self.last_event_step:
             return
         try:
-            result = self._run_probe(trainer)
+            self._record(trainer, self._run_probe(trainer))
         except Exception as err:
             rank_zero_warn(
                 f"fm_callback: the probe at step {step} failed and was skipped ({type(err).__name__}: {err}); "
                 "training goes on"
             )
-            return
-        self._record(trainer, result)
 
     def _record(self, trainer: pl.Trainer, result: ProbeResult) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         self.last_event_step = step
         change = self.tracker.update(result, step, epoch)
-        for name, channels in change.died.items():
-            since = sorted({self.tracker.since[name][c] for c in channels})
-            rank_zero_warn(
-                f"fm_callback: layer {name!r}: channel(s) {channels} dead for {self.tracker.patience} "
-                f"consecutive probe events (since epoch {', '.join(map(str, since))}, now step {step})"
-            )
-        for name, channels in change.revived.items():
-            rank_zero_info(f"fm_callback: layer {name!r}: channel(s) {channels} revived at step {step}")
+        for message in change.warnings:  # one per layer whose channels just became persistently dead
+            rank_zero_warn(message)
+        for message in change.notes:  # revivals
+            rank_zero_info(message)
         if self._writer is not None:
-            self._writer.submit(tb.write_result, result, step, self.tracker.table(result), what=f"writing step {step}")
+            table, record = self.tracker.table(result, change), self.tracker.record(result, change)
+            self._writer.submit(tb.write_result, result, step, table, record, what=f"writing step {step}")
 
     # ---- end ---------------------------------------------------------------------------------------------
 

@@ -8,6 +8,9 @@ plain PyTorch loop too.
 
 from __future__ import annotations
 
+import contextlib
+import random
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -106,14 +109,57 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def first_tensor(output: Any) -> torch.Tensor | None:
-    """The tensor a hook should read: the output itself, or the first tensor of a tuple/list/dict."""
+    """The tensor a hook should read: the output itself, or the first tensor in a (nested) tuple/list/dict."""
     if isinstance(output, torch.Tensor):
         return output
     values = output.values() if isinstance(output, dict) else output if isinstance(output, list | tuple) else []
     for value in values:
-        if isinstance(value, torch.Tensor):
-            return value
+        found = first_tensor(value)
+        if found is not None:
+            return found
     return None
+
+
+@contextlib.contextmanager
+def keep_rng(cuda_devices: Sequence[int] = ()) -> Iterator[None]:
+    """Every generator a forward might draw from (torch CPU and CUDA, Python's, NumPy's) is as before afterwards."""
+    python_state = random.getstate()
+    numpy = sys.modules.get("numpy")  # only if already imported: NumPy is not a dependency of the probe
+    numpy_state = numpy.random.get_state() if numpy is not None else None
+    try:
+        with torch.random.fork_rng(devices=list(cuda_devices)):
+            yield
+    finally:
+        random.setstate(python_state)
+        if numpy_state is not None:
+            numpy.random.set_state(numpy_state)
+
+
+def run_eagerly() -> contextlib.AbstractContextManager:
+    """``torch.compile``d code runs eagerly inside: hooks fire, and nothing is recompiled for eval/no_grad."""
+    if "torch._dynamo" not in sys.modules:  # nothing was ever compiled; importing dynamo costs ~1 s and ~150 MB
+        return contextlib.nullcontext()
+    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)  # torch >= 2.6
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+
+
+def check_input(
+    x: Any, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, argument: str = "x"
+) -> None:
+    """Raise ``ValueError`` naming ``argument`` for a probe input with no sample, or a normalisation that does
+    not fit its channels (errors that would otherwise surface as an obscure failure inside a hook)."""
+    tensor = first_tensor(x)
+    if tensor is not None and tensor.dim() > 0 and tensor.shape[0] == 0:
+        raise ValueError(f"{argument}: no sample in the probe batch (shape {tuple(tensor.shape)}); pass at least one")
+    if mean is None or tensor is None or tensor.dim() != 4 or not tensor.is_floating_point():
+        return
+    channels = tensor.shape[1]
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, channels):
+            raise ValueError(
+                f"{name}: {len(values)} values, but the probe input has {channels} channels "
+                f"(shape {tuple(tensor.shape)}); pass one value per input channel, or none"
+            )
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -177,6 +223,7 @@ class FeatureMapProbe:
         self.std = list(std) if std is not None else None
         self.overlay = overlay
         self.pinned_channels: dict[str, list[int]] = {}
+        self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
 
     def _image_names(self, image_layers: LayerSpec | Sequence[LayerSpec] | None) -> list[str]:
         names = [name for name, _ in self.layers]
@@ -201,13 +248,14 @@ class FeatureMapProbe:
 
         Every module's train/eval mode and the RNG state are restored afterwards, whatever happens.
         """
+        check_input(x, self.mean, self.std)
         model = self.model
         device = model_device(model)
         modes = [(module, module.training) for module in model.modules()]
         calls: Counter[str] = Counter()
         raw: dict[str, tuple[tuple[int, ...], ChannelStats, Any]] = {}
         handles = []
-        warned: set[str] = set()
+        warned = self._warned
 
         def make_hook(name: str, picture: bool):
             def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -232,7 +280,7 @@ class FeatureMapProbe:
             model.eval()
             for name, module in self.layers:
                 handles.append(module.register_forward_hook(make_hook(name, name in self.image_names)))
-            with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
+            with keep_rng(cuda_devices), run_eagerly(), torch.no_grad():
                 model(to_device(x, device))
         finally:
             for handle in handles:

@@ -13,11 +13,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    report = sub.add_parser("report", help="dead filters over time, read back from a run's event files")
-    report.add_argument("logdir", help="a TensorBoard log directory (searched recursively)")
+    report = sub.add_parser(
+        "report",
+        help="dead filters over time, read back from a run's event files",
+        description="Per run and layer: the dead fraction at each probe event, the persistently dead channels "
+        "(with the epoch they died) and revived channels. Exit status 1 when LOGDIR holds no fm_callback data.",
+    )
+    report.add_argument("logdir", help="a TensorBoard log directory (searched recursively for runs)")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
     report.add_argument("--plot", metavar="PNG", help="also save the dead-filter timeline picture here")
+    add_snapshot_parser(sub)
+    add_view_parser(sub)
     return parser
+
+
+def add_snapshot_parser(sub: argparse._SubParsersAction) -> None:
+    snap = sub.add_parser(
+        "snapshot",
+        help="feature maps of a torchvision model on image files, written as PNGs and JSON (no training)",
+        description="Run image files through a torchvision model and write, to --out: input.png, a feature-map "
+        "grid and an overlay per layer (feature_maps/, feature_maps_overlay/) and stats.json.",
+    )
+    snap.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...); grids show the first 16"
+    )
+    snap.add_argument("--model", required=True, help="torchvision model name, e.g. resnet18, vgg16, mobilenet_v3_small")
+    snap.add_argument(
+        "--weights",
+        help="DEFAULT (or another torchvision weights name; downloads once, needs internet), a local state_dict "
+        "file (.pth) or a Lightning checkpoint (.ckpt); left out: random initial weights",
+    )
+    snap.add_argument("--out", required=True, help="output folder (created)")
+    snap.add_argument("--layers", nargs="+", help="module names or glob patterns (default: every conv layer)")
+    snap.add_argument("--max-channels", type=int, default=16, help="channels per grid (default 16, most varied)")
+    snap.add_argument("--num-classes", type=int, help="classes of the model's head (default: read from the file)")
+    snap.add_argument("--size", type=int, help="input size in px (default: the weights' own, else 224)")
+    snap.add_argument("--mean", type=float, nargs=3, help="input normalisation mean (default: ImageNet's)")
+    snap.add_argument("--std", type=float, nargs=3, help="input normalisation std (default: ImageNet's)")
+    snap.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+
+
+def add_view_parser(sub: argparse._SubParsersAction) -> None:
+    view = sub.add_parser(
+        "view",
+        help="start TensorBoard on 127.0.0.1 with every logged step on the Images slider",
+        description="Start TensorBoard on 127.0.0.1 over LOGDIR, keeping every logged step of each image tag "
+        "(TensorBoard keeps only 10 by default), and print its address.",
+    )
+    view.add_argument("logdir", help="a TensorBoard log directory (searched recursively), e.g. lightning_logs")
+    view.add_argument("--port", type=int, help="port (default: 6006, or the next free one)")
+    view.add_argument(
+        "--samples", type=int, default=100_000, help="steps kept per image/text tag (default 100000: every step)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         from .report import report_command
 
         return report_command(args)
+    if args.command == "snapshot":
+        from .snapshot import snapshot_command
+
+        return snapshot_command(args)
+    if args.command == "view":
+        from .view import view_command
+
+        return view_command(args)
     return 2
 
 

@@ -171,7 +171,7 @@ def timeline_figure(history: list[dict[str, Any]], title: str | None = None):
             values[row, col] = event["dead_fraction"].get(name, np.nan)
     width = min(14.0, max(5.0, 0.55 * len(history) + 3))
     fig, ax = plt.subplots(figsize=(width, max(2.5, 0.3 * len(layers) + 1.5)))
-    image = ax.imshow(values, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    image = ax.imshow(values, aspect="auto", cmap="YlOrRd", vmin=0, vmax=1, interpolation="nearest")
     if len(layers) <= 40 and len(history) <= 24:
         for (row, col), value in np.ndenumerate(values):
             if not np.isnan(value):

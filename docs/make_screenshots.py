@@ -1,0 +1,106 @@
+"""Make the README's pictures the way a user gets them: train, start TensorBoard, screenshot it with Chromium.
+
+    .venv/bin/python docs/make_screenshots.py [--keep runs/docs [--no-train]] [--quick]
+
+Trains, on the CPU (a few minutes), into one logdir:
+
+- ``shapes``: ``examples/demo.py`` exactly as the README runs it (default FeatureMapCallback, conv layers);
+- ``relu_lr0.003`` and ``relu_lr0.1``: ``examples/cli.py`` with ``configs/demo.yaml``, watching the ReLU
+  layers, at the demo's learning rate and at one too high for it, where ReLU channels die;
+
+then starts TensorBoard through ``fm_callback.view.TensorBoardServer`` (what ``fm-callback view`` runs) and
+saves with headless Chromium (Debian's ``chromium``) into docs/:
+
+- ``images_tab.png``: Images, filtered to ``feature_maps/`` of the demo run: one card per layer;
+- ``overlays_tab.png``: Images, ``feature_maps_overlay/`` and ``probe/input`` of the demo run;
+- ``scalars_tab.png``: Scalars, ``dead_filters/`` of the two ReLU runs side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from fm_callback.view import TensorBoardServer, dashboard_url, screenshot  # noqa: E402
+
+DOCS = ROOT / "docs"
+PAGES = [
+    # (file, dashboard, window width, window height, settings the page keeps in its address)
+    ("images_tab.png", "images", 1150, 640, {"tagFilter": "^feature_maps/", "regexInput": "^shapes/"}),
+    (
+        "overlays_tab.png",
+        "images",
+        1500,
+        650,
+        {"tagFilter": "^(feature_maps_overlay|probe)/", "regexInput": "^shapes/"},
+    ),
+    (
+        "scalars_tab.png",
+        "scalars",
+        1150,
+        760,
+        {"tagFilter": r"^dead_filters/(all|features\.(2|6|10|14))$", "regexInput": "^relu", "_smoothingWeight": 0},
+    ),
+]
+
+
+def run(command: list[str]) -> None:
+    print("$", " ".join(str(c) for c in command[1:]), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def train(logdir: Path, quick: bool) -> None:
+    """The demo as users run it, and the two ReLU runs through LightningCLI."""
+    epochs, size = ("2", "256") if quick else ("6", "2000")
+    run([sys.executable, "examples/demo.py", "--epochs", epochs, "--train-size", size, "--logdir", str(logdir)])
+    for lr in ("0.003", "0.1"):
+        run(
+            [
+                sys.executable,
+                "examples/cli.py",
+                "fit",
+                "--config",
+                "configs/demo.yaml",
+                f"--model.lr={lr}",
+                "--trainer.max_epochs=" + ("2" if quick else "5"),
+                "--data.train_size=" + ("256" if quick else "1000"),
+                "--trainer.callbacks.init_args.layers=[torch.nn.ReLU]",
+                f"--trainer.logger.init_args.save_dir={logdir}",
+                f"--trainer.logger.init_args.name=relu_lr{lr}",
+                "--trainer.enable_checkpointing=false",
+                "--trainer.enable_progress_bar=false",
+            ]
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", help="train into this folder and keep it (default: a temporary folder)")
+    parser.add_argument("--quick", action="store_true", help="tiny runs, to try the script (not for the README)")
+    parser.add_argument("--no-train", action="store_true", help="only the screenshots, of the runs already in --keep")
+    parser.add_argument("--scale", type=float, default=2.0, help="device scale factor: sharper text and grids")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="fm_callback_docs_") as tmp:
+        logdir = Path(args.keep or tmp).resolve()
+        if not args.no_train:
+            train(logdir, args.quick)
+        elif not args.keep:
+            parser.error("--no-train needs --keep, the folder of an earlier run of this script")
+        with TensorBoardServer(logdir) as server:
+            served = server.wait_until_loaded()
+            print(f"TensorBoard on {server.url} serves runs {sorted(served)}")
+            for name, dashboard, width, height, settings in PAGES:
+                url = dashboard_url(server.url, dashboard, **settings)
+                flags = [f"--force-device-scale-factor={args.scale}"]
+                out = screenshot(url, DOCS / name, width, height, extra_flags=flags)
+                print(f"wrote {out.relative_to(ROOT)}  ({url})")
+
+
+if __name__ == "__main__":
+    main()

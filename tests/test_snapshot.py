@@ -1,0 +1,237 @@
+"""``fm-callback snapshot``: a torchvision ResNet-18 with local weights on a photo-like image, as a user runs it.
+
+No download anywhere: the weights file is ``torch.save(resnet18().state_dict(), path)``; the DEFAULT path is
+exercised offline by putting that file where torchvision's cache looks, and the failure path with a proxy that
+refuses every connection.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from fm_callback.cli import main
+from fm_callback.render import MAX_TILE, PAD
+from fm_callback.snapshot import SnapshotError, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RESNET18_CONVS = [name for name, m in torchvision.models.resnet18().named_modules() if isinstance(m, torch.nn.Conv2d)]
+DEAD_CONV1_CHANNELS = [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def photo_like(height: int = 240, width: int = 320) -> np.ndarray:
+    """A landscape: sky gradient, sun, wavy hill with grass texture. ``uint8 [H, W, 3]``."""
+    y, x = np.mgrid[0:height, 0:width] / np.array([height, width]).reshape(2, 1, 1)
+    image = np.zeros((height, width, 3))
+    image[..., 0], image[..., 1], image[..., 2] = 0.4 + 0.3 * y, 0.6 + 0.2 * y, 0.95 - 0.3 * y
+    image[(x - 0.75) ** 2 + ((y - 0.25) * height / width) ** 2 < 0.006] = [1.0, 0.9, 0.5]
+    rng = np.random.default_rng(0)
+    grass = np.stack([0.2 + 0.1 * rng.random(y.shape), 0.5 + 0.2 * rng.random(y.shape), np.full(y.shape, 0.15)], -1)
+    hill = y > 0.6 + 0.1 * np.sin(6 * x)
+    image[hill] = grass[hill]
+    return (image.clip(0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A ResNet-18 state_dict (conv1's first 8 filters zeroed, so those channels are dead) and two images."""
+    root = tmp_path_factory.mktemp("snapshot_inputs")
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18().state_dict()
+    state["conv1.weight"][DEAD_CONV1_CHANNELS] = 0
+    torch.save(state, root / "resnet18.pth")
+    photo = photo_like()
+    Image.fromarray(photo).save(root / "photo.jpg", quality=92)
+    Image.fromarray(photo[::-1].copy()).convert("L").save(root / "flipped_gray.png")  # grey: converted to RGB
+    return {"weights": root / "resnet18.pth", "jpg": root / "photo.jpg", "png": root / "flipped_gray.png"}
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.mode == "RGB"
+        return np.asarray(image)
+
+
+def test_snapshot_writes_grids_overlays_input_and_stats(files, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["snapshot", "--model", "resnet18", "--weights", str(files["weights"])]
+    assert main([*argv, str(files["jpg"]), str(files["png"]), "--out", str(out)]) == 0
+
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["model"] == "resnet18" and stats["input_shape"] == [2, 3, 224, 224]
+    assert stats["mean"] == pytest.approx([0.485, 0.456, 0.406])  # ImageNet's: no transforms known for a file
+    assert stats["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert list(stats["layers"]) == RESNET18_CONVS  # every conv by default, in forward order
+    conv1 = stats["layers"]["conv1"]
+    assert conv1["shape"] == [2, 64, 112, 112]
+    assert conv1["dead_channels"] == DEAD_CONV1_CHANNELS  # the file's weights were used
+    assert conv1["dead_fraction"] == pytest.approx(8 / 64)
+    assert all(len(conv1[k]) == 64 for k in ("channel_mean", "channel_std", "zero_fraction"))
+    assert stats["layers"]["layer4.1.conv2"]["shape"] == [2, 512, 7, 7]
+    assert len(stats["predictions"]) == 2 and len(stats["predictions"][0]) == 3
+    assert isinstance(stats["predictions"][0][0]["name"], str)  # ImageNet class names: 1000 classes in the file
+
+    for name, record in stats["layers"].items():
+        grid = png(out / record["grid"])
+        assert record["grid"] == f"feature_maps/{name}.png"
+        assert grid.std() > 10, f"{name}: the grid is flat"
+        overlay = png(out / record["overlay"])
+        assert record["overlay"] == f"feature_maps_overlay/{name}.png"
+        assert overlay.shape[0] < overlay.shape[1]  # one row of the 2 images
+        assert len(record["shown_channels"]) == 16
+    # conv1 grid: 2 rows (images) x 16 columns of tiles (112 px maps shrunk to MAX_TILE), plus the header
+    grid = png(out / "feature_maps" / "conv1.png")
+    assert grid.shape[1] == 16 * MAX_TILE + 15 * PAD and grid.shape[0] > 2 * MAX_TILE
+
+    # input.png shows the photo as a person sees it (denormalised), not min-max stretched
+    shown = png(out / "input.png")[:, :MAX_TILE].astype(float)  # first tile: the JPEG, 224 px shrunk
+    original = np.asarray(Image.fromarray(photo_like()).resize((299, 224)).crop((37, 0, 261, 224)))
+    assert np.abs(shown.mean(axis=(0, 1)) - original.astype(float).mean(axis=(0, 1))).max() < 6
+
+    printed = capsys.readouterr().out
+    assert "layer4.1.conv2" in printed and "8/64" in printed and str(out) in printed
+
+
+def test_snapshot_layers_and_channels_options(files, tmp_path):
+    out = tmp_path / "out"
+    argv = ["snapshot", "--model", "resnet18", "--weights", str(files["weights"]), str(files["jpg"])]
+    assert main([*argv, "--out", str(out), "--layers", "layer1.*.conv1", "conv1", "--max-channels", "4"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert list(stats["layers"]) == ["conv1", "layer1.0.conv1", "layer1.1.conv1"]
+    assert sorted(p.name for p in (out / "feature_maps").iterdir()) == [f"{n}.png" for n in stats["layers"]]
+    assert all(len(r["shown_channels"]) == 4 for r in stats["layers"].values())
+    assert png(out / "feature_maps" / "conv1.png").shape[1] == 4 * MAX_TILE + 3 * PAD
+
+
+def test_default_weights_come_from_torchvisions_cache_with_their_own_transforms(files, tmp_path):
+    """--weights DEFAULT offline: the file is already where torchvision looks, so nothing is fetched."""
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / weights.url.rsplit("/", 1)[-1]).symlink_to(files["weights"])
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home")}
+    command = [sys.executable, "-m", "fm_callback.cli", "snapshot", "--model", "resnet18", "--weights", "DEFAULT"]
+    done = subprocess.run(
+        [*command, str(files["jpg"]), "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["weights"] == "torchvision ResNet18_Weights.IMAGENET1K_V1"
+    assert stats["layers"]["conv1"]["dead_channels"] == DEAD_CONV1_CHANNELS
+    assert stats["predictions"][0][0]["name"] in weights.meta["categories"]
+
+
+def test_default_weights_that_cannot_be_fetched_give_a_clear_message(tmp_path, files):
+    proxy = "http://127.0.0.1:9"  # nothing listens there: every download is refused at once
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "empty_cache"), "https_proxy": proxy, "HTTPS_PROXY": proxy}
+    env.pop("no_proxy", None), env.pop("NO_PROXY", None)
+    command = [sys.executable, "-m", "fm_callback.cli", "snapshot", "--model", "resnet18", "--weights", "DEFAULT"]
+    done = subprocess.run(
+        [*command, str(files["jpg"]), "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "could not fetch https://download.pytorch.org/models/resnet18-f37072fd.pth" in done.stderr
+    assert "--weights resnet18-f37072fd.pth" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--model": "resnet34"}, "do not fit torchvision's resnet34"),
+        ({"--model": "resnet81"}, "did you mean resnet18"),
+        ({"--weights": "IMAGENET9"}, "neither a file nor a weights name of resnet18 (DEFAULT, IMAGENET1K_V1)"),
+        ({"--weights": "missing.pth"}, "--weights: no such file 'missing.pth'"),
+        ({"--layers": "layer9"}, "--layers: the model has no module named 'layer9'"),
+        ({"image": "nothing.png"}, "IMAGE: no such file 'nothing.png'"),
+        ({"image": "not_an_image"}, "cannot read"),
+        ({"--weights": "not_weights"}, "not a PyTorch weights file"),
+        ({"--weights": "whole_model"}, "holds more than tensors"),
+        ({"--size": "0"}, "--size must be a positive number, got 0"),
+        ({"--device": "foo"}, "--device foo:"),
+    ],
+)
+def test_user_mistakes_end_in_a_message_not_a_traceback(files, tmp_path, capsys, change, message):
+    (tmp_path / "not_an_image").write_text("hello")
+    (tmp_path / "not_weights").write_text("hello")
+    torch.save(torch.nn.Conv2d(1, 1, 1), tmp_path / "whole_model")
+    options = {"--model": "resnet18", "--weights": str(files["weights"]), "image": str(files["jpg"])}
+    options.update({k: str(tmp_path / v) if "/" not in v and (tmp_path / v).exists() else v for k, v in change.items()})
+    argv = ["snapshot", options.pop("image"), "--out", str(tmp_path / "out")]
+    for key, value in options.items():
+        argv += [key, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()), err
+
+
+def test_a_lightning_checkpoint_of_the_resnet18_config(tmp_path, files):
+    """configs/resnet18.yaml runs one short epoch; its checkpoint loads into torchvision's resnet18 (4 classes)."""
+    from cli import main as cli_main  # examples/ is on pytest's pythonpath
+
+    cli = cli_main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "resnet18.yaml"),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=1",
+            "--trainer.accelerator=cpu",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            f"--trainer.default_root_dir={tmp_path}",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+            "--data.train_size=32",
+            "--data.val_size=8",
+            "--data.image_size=32",
+            "--data.batch_size=16",
+        ]
+    )
+    assert type(cli.model.net).__name__ == "ResNet"
+    from conftest import read_events
+
+    events = read_events(tmp_path / "runs")
+    layers = ["net.conv1", *(f"net.layer{i}.0.conv1" for i in range(1, 5)), "net.layer4.1.conv2"]
+    assert events.tags("images", "feature_maps/") == sorted(f"feature_maps/{n}" for n in layers)
+    assert events.steps("images", "probe/input") == [0, 2]
+    # The config gives no mean/std: probe/input is denormalised with the datamodule's (ShapesDataModule.mean/.std)
+    from shapes import MEAN, STD, ShapesDataset
+
+    shown = decode_png(events.images["probe/input"][0].encoded_image_string)
+    first = ShapesDataset(8, 32, seed=1)[0][0]  # the val set's first sample, the probe row's first tile
+    expected = ((first * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)).clamp(0, 1) * 255).round()
+    assert np.abs(shown[:32, :32].astype(float) - expected.permute(1, 2, 0).numpy()).max() <= 1
+
+    (checkpoint,) = (tmp_path / "runs").rglob("*.ckpt")
+    model, entry, note = load_model("resnet18", str(checkpoint))
+    assert entry is None and "4 classes, read from the file" in note
+    trained = cli.model.net.state_dict()
+    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+
+    out = tmp_path / "snap"
+    argv = ["snapshot", "--model", "resnet18", "--weights", str(checkpoint), str(files["jpg"]), "--out", str(out)]
+    assert main([*argv, "--size", "32", "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["input_shape"] == [1, 3, 32, 32] and len(stats["predictions"][0]) == 3
+    assert stats["predictions"][0][0]["name"] in {"0", "1", "2", "3"}  # no class names for a 4-class file
+
+
+def test_load_model_rejects_a_head_that_does_not_fit_the_given_classes(files):
+    with pytest.raises(SnapshotError, match=r"fc.weight: \(1000, 512\) in the file, \(10, 512\) in the model"):
+        load_model("resnet18", str(files["weights"]), num_classes=10)

@@ -1,6 +1,6 @@
 """Train a small CNN on procedural shapes with FeatureMapCallback attached, then open TensorBoard.
 
-    python examples/demo.py [--epochs 6] [--logdir runs/demo]
+    python examples/demo.py [--epochs 12] [--logdir runs/demo]
 
 Runs on the CPU in about two minutes; no download.
 """
@@ -22,9 +22,9 @@ from fm_callback import FeatureMapCallback  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--logdir", default="runs/demo")
-    parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--train-size", type=int, default=3000)
     args = parser.parse_args(argv)
 
     pl.seed_everything(0, workers=True)

@@ -360,9 +360,10 @@ class FeatureMapCallback(pl.Callback):
             return self._probe.run(model_input)
 
     def _open_writer(self, trainer: pl.Trainer) -> tuple[tb.BackgroundWriter, bool]:
+        threaded = tb.write_in_background(trainer.strategy.root_device)  # not when training on the CPU
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                return tb.BackgroundWriter(logger.experiment), False
+                return tb.BackgroundWriter(logger.experiment, threaded=threaded), False
         from torch.utils.tensorboard import SummaryWriter
 
         log_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "fm_callback")
@@ -370,7 +371,7 @@ class FeatureMapCallback(pl.Callback):
             f"fm_callback: the Trainer has no TensorBoardLogger; writing feature maps to {log_dir}. "
             "Add logger=TensorBoardLogger(...) to keep them beside your other logs."
         )
-        return tb.BackgroundWriter(SummaryWriter(log_dir)), True
+        return tb.BackgroundWriter(SummaryWriter(log_dir), threaded=threaded), True
 
     # ---- schedule ----------------------------------------------------------------------------------------
 

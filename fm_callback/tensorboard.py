@@ -88,11 +88,14 @@ def add_png(writer: Any, tag: str, image: Any, step: int) -> None:
     import io
     import zlib
 
+    import numpy as np
     from PIL import Image
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     channels, height, width = image.shape
-    pixels = image.permute(1, 2, 0).contiguous().numpy()  # one copy, ~3x faster than NumPy's
+    # NumPy, not torch: a torch op on this thread starts a second OpenMP team, and the training thread's
+    # parallel ops run measurably slower afterwards (VGG16 probe: 1.11x -> 1.39x a bare forward).
+    pixels = np.ascontiguousarray(image.numpy().transpose(1, 2, 0))
     buffer = io.BytesIO()
     picture = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
     picture.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)

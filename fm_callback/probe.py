@@ -25,6 +25,7 @@ from .select import LayerSpec, select_layers, unwrap_compiled
 from .stats import DEFAULT_ATOL, DEFAULT_RTOL, ChannelStats, channel_stats
 
 DEFAULT_IMAGE_LAYERS = 6
+DYING_FIRING = 0.01  # a channel that fires on at most 1 % of the probe batch's positions is dying
 
 
 @dataclass
@@ -37,14 +38,34 @@ class LayerReport:
     grid: torch.Tensor | None = None  # uint8 [3, H, W] with the channel-index header
     channels: list[int] = field(default_factory=list)  # channel index of each grid column
     overlay: torch.Tensor | None = None  # uint8 [3, H, W]: energy map over the probe input
+    # Measured after the ReLU-like activation(s) this layer's channels reach through channel-keeping ops
+    # (BatchNorm, dropout, pooling); None when no such activation followed in the forward.
+    silenced: torch.Tensor | None = None  # bool [C]: zero at every position of every sample after the activation
+    firing: torch.Tensor | None = None  # float32 [C]: share of positions where the activation's output is non-zero
 
     @property
     def dead(self) -> torch.Tensor:
-        return self.stats.dead
+        """Channels that carry no information: constant here, or silenced by the activation that follows."""
+        return self.stats.dead if self.silenced is None else self.stats.dead | self.silenced
 
     @property
     def dead_fraction(self) -> float:
-        return float(self.stats.dead.float().mean()) if self.stats.dead.numel() else 0.0
+        dead = self.dead
+        return float(dead.float().mean()) if dead.numel() else 0.0
+
+    @property
+    def dying(self) -> torch.Tensor:
+        """Channels that fire on at most ``DYING_FIRING`` of the positions (dead ones included): the early warning.
+
+        Measured after the following activation when there is one, else on this layer's own output.
+        """
+        firing = self.firing if self.firing is not None else 1.0 - self.stats.zero_fraction
+        return (firing <= DYING_FIRING) | self.dead
+
+    @property
+    def dying_fraction(self) -> float:
+        dying = self.dying
+        return float(dying.float().mean()) if dying.numel() else 0.0
 
     @property
     def never_positive(self) -> torch.Tensor:
@@ -90,9 +111,14 @@ class ProbeResult(Mapping[str, LayerReport]):
     @property
     def dead_fraction(self) -> float:
         """Dead share over every monitored channel of every layer."""
-        total = sum(r.stats.dead.numel() for r in self.reports.values())
-        dead = sum(int(r.stats.dead.sum()) for r in self.reports.values())
-        return dead / total if total else 0.0
+        total = sum(r.dead.numel() for r in self.reports.values())
+        return sum(int(r.dead.sum()) for r in self.reports.values()) / total if total else 0.0
+
+    @property
+    def dying_fraction(self) -> float:
+        """Dying share (dead included) over every monitored channel of every layer."""
+        total = sum(r.dying.numel() for r in self.reports.values())
+        return sum(int(r.dying.sum()) for r in self.reports.values()) / total if total else 0.0
 
 
 def to_device(batch: Any, device: torch.device) -> Any:

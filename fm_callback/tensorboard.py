@@ -20,6 +20,7 @@ from .probe import ProbeResult
 FEATURE_MAPS = "feature_maps"
 OVERLAYS = "feature_maps_overlay"
 DEAD_FILTERS = "dead_filters"
+DYING_FILTERS = "dying_filters"
 NEVER_POSITIVE = "never_positive"
 CHANNEL_MEAN = "channel_mean"
 PROBE_INPUT = "probe/input"
@@ -47,20 +48,24 @@ def write_result(
     The numbers are read through NumPy, not small torch ops: this runs on the writer thread, and each
     torch op gives up the GIL and may wait milliseconds to get it back while another thread runs Python.
     """
-    dead_total, channels_total = 0, 0
+    dead_total, dying_total, channels_total = 0, 0, 0
     for name, report in result.items():
         if report.grid is not None:
             add_png(writer, layer_tag(FEATURE_MAPS, name), report.grid, step)
         if report.overlay is not None:
             add_png(writer, layer_tag(OVERLAYS, name), report.overlay, step)
-        dead = report.stats.dead.numpy()
+        dead = report.dead.numpy()
+        dying = report.dying.numpy()
         never_positive = report.stats.never_positive.numpy()
         dead_total, channels_total = dead_total + int(dead.sum()), channels_total + dead.size
+        dying_total += int(dying.sum())
         writer.add_scalar(layer_tag(DEAD_FILTERS, name), float(dead.mean(dtype="float32")) if dead.size else 0.0, step)
+        writer.add_scalar(layer_tag(DYING_FILTERS, name), float(dying.mean(dtype="float32")) if dying.size else 0.0, step)
         share = float(never_positive.mean(dtype="float32")) if never_positive.size else float("nan")
         writer.add_scalar(layer_tag(NEVER_POSITIVE, name), share, step)
         writer.add_histogram(layer_tag(CHANNEL_MEAN, name), report.channel_mean.numpy(), step)
     writer.add_scalar(f"{DEAD_FILTERS}/{ALL_LAYERS}", dead_total / channels_total if channels_total else 0.0, step)
+    writer.add_scalar(f"{DYING_FILTERS}/{ALL_LAYERS}", dying_total / channels_total if channels_total else 0.0, step)
     if result.input_image is not None:
         add_png(writer, PROBE_INPUT, result.input_image, step)
     if dead_table:

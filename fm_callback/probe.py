@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import render
+from .activations import ActivationLineage, outside_lineage
 from .select import LayerSpec, select_layers, unwrap_compiled
 from .stats import DEFAULT_ATOL, DEFAULT_RTOL, ChannelStats, channel_stats
 
@@ -282,6 +283,7 @@ class FeatureMapProbe:
         raw: dict[str, tuple[tuple[int, ...], ChannelStats, Any]] = {}
         handles = []
         warned = self._warned
+        lineage = ActivationLineage()  # which of these channels a following ReLU silences
 
         def make_hook(name: str, picture: bool):
             def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -297,7 +299,9 @@ class FeatureMapProbe:
                             stacklevel=2,
                         )
                     return
-                raw[key] = (tuple(tensor.shape), *self._reduce(name, tensor.detach(), picture))
+                with outside_lineage():  # the probe's own reductions are not part of the model's forward
+                    raw[key] = (tuple(tensor.shape), *self._reduce(name, tensor.detach(), picture))
+                    lineage.label(tensor, key)
 
             return hook
 
@@ -306,18 +310,25 @@ class FeatureMapProbe:
             model.eval()
             for name, module in self.layers:
                 handles.append(module.register_forward_hook(make_hook(name, name in self.image_names)))
-            with keep_rng(cuda_devices), run_eagerly(), torch.no_grad():
+            with keep_rng(cuda_devices), run_eagerly(), torch.no_grad(), lineage:
                 model(to_device(x, device))
         finally:
             for handle in handles:
                 handle.remove()
             for module, mode in modes:
                 module.training = mode
-        return self._collect(raw, x)
+        return self._collect(raw, x, lineage)
 
     def _reduce(self, name: str, output: torch.Tensor, picture: bool) -> tuple[ChannelStats, Any]:
         """Statistics and (for picture layers) grid, channels and energy map, all still on the device."""
         stats = channel_stats(output, self.atol, self.rtol)
+        if picture and output.dim() < 3 and name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(
+                f"fm_callback: layer {name!r} puts out shape {tuple(output.shape)}, with no spatial dimension to "
+                "draw, so it gets no picture; its statistics are still logged",
+                stacklevel=3,
+            )
         if not picture or output.dim() < 3:
             return stats, None
         pinned = self.pinned_channels.get(name)
@@ -329,7 +340,7 @@ class FeatureMapProbe:
         energy = render.activation_energy(output, self.max_samples) if self.overlay else None
         return stats, (grid, channels.tolist(), energy)
 
-    def _collect(self, raw: dict[str, tuple], x: Any) -> ProbeResult:
+    def _collect(self, raw: dict[str, tuple], x: Any, lineage: ActivationLineage) -> ProbeResult:
         """Move the small per-layer results to the CPU and finish the pictures there."""
         images = None
         first = first_tensor(x)
@@ -338,6 +349,8 @@ class FeatureMapProbe:
         reports = {}
         for key, (shape, stats, picture) in raw.items():
             report = LayerReport(name=key, shape=shape, stats=stats.to("cpu"))
+            if key in lineage.silenced:
+                report.silenced, report.firing = lineage.silenced[key].cpu(), lineage.firing[key].cpu()
             if picture is not None and picture[0] is not None:
                 grid, channels, energy = picture
                 report.grid = render.with_header(grid.cpu(), channels)

@@ -60,7 +60,8 @@ def write_result(
         dead_total, channels_total = dead_total + int(dead.sum()), channels_total + dead.size
         dying_total += int(dying.sum())
         writer.add_scalar(layer_tag(DEAD_FILTERS, name), float(dead.mean(dtype="float32")) if dead.size else 0.0, step)
-        writer.add_scalar(layer_tag(DYING_FILTERS, name), float(dying.mean(dtype="float32")) if dying.size else 0.0, step)
+        dying_share = float(dying.mean(dtype="float32")) if dying.size else 0.0
+        writer.add_scalar(layer_tag(DYING_FILTERS, name), dying_share, step)
         share = float(never_positive.mean(dtype="float32")) if never_positive.size else float("nan")
         writer.add_scalar(layer_tag(NEVER_POSITIVE, name), share, step)
         writer.add_histogram(layer_tag(CHANNEL_MEAN, name), report.channel_mean.numpy(), step)

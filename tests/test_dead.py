@@ -52,7 +52,8 @@ class Planted(nn.Module):
         return self.relu2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
 
 
-PLANTED_DEAD = {"conv1": {1}, "bn1": {1, 3}, "relu1": {1, 3, 5}, "conv2": {2}, "relu2": {2, 4}}
+# Dead where the filter dies: a channel the ReLU after it silences is dead at every watched layer on its way there.
+PLANTED_DEAD = {"conv1": {1, 3, 5}, "bn1": {1, 3, 5}, "relu1": {1, 3, 5}, "conv2": {2, 4}, "relu2": {2, 4}}
 PLANTED_NEVER_POSITIVE = {"conv1": {5}, "bn1": {3, 5}, "conv2": {2, 4}}
 
 

@@ -11,6 +11,8 @@ interleaved repeats (the order rotates each repeat) and medians:
 - event: ``FeatureMapProbe(model).run(x)``: statistics of every conv layer and the default 6 pictures
   (grid and overlay each, plus the probe input), all the way to the small CPU results;
 - stats only: the same probe with ``image_layers=[]``, to show what the statistics alone cost;
+- event, own outputs: the event with ``follow_activations=False`` (each conv output judged alone, the default
+  before 0.2), to show what following each conv to its ReLU costs;
 - event+TB: the event, then every tag written through the BackgroundWriter to a real SummaryWriter, flushed;
 - tutorial: hooks keeping ``.detach().cpu()`` of every conv output, then one matplotlib figure per layer
   (an 8x8 grid of ``imshow`` of the first sample's channels) saved as PNG.
@@ -54,7 +56,7 @@ from fm_callback import tensorboard as tb  # noqa: E402
 from fm_callback.select import select_layers  # noqa: E402
 
 MODELS = ("resnet18", "vgg16", "convnext_tiny")
-VARIANTS = ("bare", "event", "event_stats", "event_tb", "tutorial")
+VARIANTS = ("bare", "event", "event_own", "event_stats", "event_tb", "tutorial")
 MEMORY_VARIANTS = ("bare", "event", "event_tb", "tutorial")
 MEMORY_KIND = ("RSS rise over a bare forward's, fresh processes", "cuda max_memory_allocated over a bare forward's")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -67,6 +69,7 @@ TIME_COLUMNS = [
     "bare forward (ms)",
     "event (ms)",
     "event / bare",
+    "event, own outputs / bare",
     "stats only / bare",
     "event+TB (ms)",
     "event+TB / bare",
@@ -156,6 +159,7 @@ class Variants:
         self.layers = select_layers(model, None)  # every Conv1d/2d/3d: what the probe watches by default
         self.probe = FeatureMapProbe(model, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         self.stats_probe = FeatureMapProbe(model, image_layers=[])  # the same statistics, no picture at all
+        self.own_probe = FeatureMapProbe(model, mean=IMAGENET_MEAN, std=IMAGENET_STD, follow_activations=False)
         self.figures = workdir / "tutorial"
         self.figures.mkdir(parents=True, exist_ok=True)
         self.logdir = workdir / "tb"
@@ -174,6 +178,10 @@ class Variants:
 
     def event(self) -> None:
         self.probe.run(self.x)
+        self.sync()
+
+    def event_own(self) -> None:
+        self.own_probe.run(self.x)
         self.sync()
 
     def event_stats(self) -> None:
@@ -389,6 +397,7 @@ def tables(results: list[dict[str, Any]]) -> str:
                 f"{ms['bare'] * 1e3:.1f}",
                 f"{ms['event'] * 1e3:.1f}",
                 f"{ratio['event']:.3f}",
+                f"{ratio['event_own']:.3f}",
                 f"{ratio['event_stats']:.3f}",
                 f"{ms['event_tb'] * 1e3:.1f}",
                 f"{ratio['event_tb']:.3f}",

@@ -209,6 +209,9 @@ class FeatureMapProbe:
         cmap: matplotlib colormap of the grids. atol, rtol: the dead rule's tolerances.
         mean, std: the input normalisation, to show the probe input (and overlays) as a person sees it.
         overlay: also render each picture layer's mean |activation| over the probe input.
+        follow_activations: also count, per watched channel, what the ReLU it reaches (through BatchNorm,
+            dropout, pooling) lets through, so a channel that ReLU silences is dead (see ``activations.py``);
+            ``False`` judges each watched output on its own.
     """
 
     def __init__(
@@ -225,6 +228,7 @@ class FeatureMapProbe:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         overlay: bool = True,
+        follow_activations: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -249,6 +253,7 @@ class FeatureMapProbe:
         self.mean = list(mean) if mean is not None else None
         self.std = list(std) if std is not None else None
         self.overlay = overlay
+        self.follow_activations = follow_activations
         self.pinned_channels: dict[str, list[int]] = {}
         self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
 
@@ -310,7 +315,8 @@ class FeatureMapProbe:
             model.eval()
             for name, module in self.layers:
                 handles.append(module.register_forward_hook(make_hook(name, name in self.image_names)))
-            with keep_rng(cuda_devices), run_eagerly(), torch.no_grad(), lineage:
+            following = lineage if self.follow_activations else contextlib.nullcontext()
+            with keep_rng(cuda_devices), run_eagerly(), torch.no_grad(), following:
                 model(to_device(x, device))
         finally:
             for handle in handles:

@@ -89,8 +89,9 @@ class DeadFilterTracker:
         for name, channels in change.died.items():
             change.warnings.append(
                 f"fm_callback: layer {name!r}: {self._since_text(name, channels)} "
-                f"persistently dead: constant over the whole probe batch for {self.patience} or more consecutive "
-                f"probe events (now epoch {epoch}, step {step}). Check its weights, its bias and the learning rate."
+                f"persistently dead: constant or silenced by its ReLU over the whole probe batch for {self.patience} "
+                f"or more consecutive probe events (now epoch {epoch}, step {step}). Check its weights, its bias "
+                "and the learning rate."
             )
         for name, channels in change.revived.items():
             change.notes.append(

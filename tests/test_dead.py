@@ -132,9 +132,9 @@ def test_tracker_messages_name_layer_channels_and_epoch() -> None:
     tracker.update(_result({"features.0": [0, 3]}), step=5, epoch=1)
     change = tracker.update(_result({"features.0": [0, 3]}), step=10, epoch=2)
     assert change.warnings == [
-        "fm_callback: layer 'features.0': channel 3 dead since epoch 1 (step 5) is persistently dead: constant over "
-        "the whole probe batch for 2 or more consecutive probe events (now epoch 2, step 10). Check its weights, "
-        "its bias and the learning rate."
+        "fm_callback: layer 'features.0': channel 3 dead since epoch 1 (step 5) is persistently dead: constant or "
+        "silenced by its ReLU over the whole probe batch for 2 or more consecutive probe events (now epoch 2, "
+        "step 10). Check its weights, its bias and the learning rate."
     ]
     change = tracker.update(_result({"features.0": [3]}), step=15, epoch=3)
     assert change.notes == ["fm_callback: layer 'features.0': channel 0 revived at epoch 3, step 15"]
@@ -312,8 +312,8 @@ def test_persistence_survives_a_checkpoint_resume(tmp_path: Path) -> None:
     # the third event is the first of the resumed run; only the restored streaks make it the third
     assert sorted(messages) == sorted(
         f"fm_callback: layer {layer!r}: channel {channel} dead since epoch 0 (step 0) is persistently dead: "
-        "constant over the whole probe batch for 3 or more consecutive probe events (now epoch 1, step 4). "
-        "Check its weights, its bias and the learning rate."
+        "constant or silenced by its ReLU over the whole probe batch for 3 or more consecutive probe events "
+        "(now epoch 1, step 4). Check its weights, its bias and the learning rate."
         for layer, channel in ((DEAD_LAYER, DEAD_CHANNEL), (REVIVE_LAYER, REVIVE_CHANNEL))
     )
     assert [(h["step"], h["epoch"]) for h in callback.tracker.history] == [(0, 0), (2, 0), (4, 1)]

@@ -28,11 +28,18 @@ def images(n: int = 8, seed: int = 0, size: int = SIZE) -> torch.Tensor:
 
 
 def calibrate(model: nn.Module, size: int = SIZE, batches: int = 8) -> nn.Module:
-    """BatchNorm running statistics as after some training (train-mode forwards, no weight change)."""
+    """BatchNorm running statistics as after training on this data: the plain average over train-mode batches."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average, not an exponential one that still remembers the 0/1 start
     model.train()
     with torch.no_grad():
         for seed in range(batches):
             model(images(16, seed=100 + seed, size=size))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
     return model.eval()
 
 

@@ -13,7 +13,7 @@ import random
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +208,8 @@ class FeatureMapProbe:
         cmap: matplotlib colormap of the grids. atol, rtol: the dead rule's tolerances.
         mean, std: the input normalisation, to show the probe input (and overlays) as a person sees it.
         overlay: also render each picture layer's mean |activation| over the probe input.
+        forward_fn: ``forward_fn(model, x)`` runs the model, for a forward that takes more than one argument;
+            default ``model(x)``.
     """
 
     def __init__(
@@ -224,6 +226,7 @@ class FeatureMapProbe:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         overlay: bool = True,
+        forward_fn: Callable[[nn.Module, Any], Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -248,6 +251,7 @@ class FeatureMapProbe:
         self.mean = list(mean) if mean is not None else None
         self.std = list(std) if std is not None else None
         self.overlay = overlay
+        self.forward_fn = forward_fn
         self.pinned_channels: dict[str, list[int]] = {}
         self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
 
@@ -297,7 +301,7 @@ class FeatureMapProbe:
                             stacklevel=2,
                         )
                     return
-                raw[key] = (tuple(tensor.shape), *self._reduce(name, tensor.detach(), picture))
+                raw[key] = (tuple(tensor.shape), *self._reduce(key, tensor.detach(), picture))
 
             return hook
 
@@ -307,7 +311,7 @@ class FeatureMapProbe:
             for name, module in self.layers:
                 handles.append(module.register_forward_hook(make_hook(name, name in self.image_names)))
             with keep_rng(cuda_devices), run_eagerly(), torch.no_grad():
-                model(to_device(x, device))
+                self.forward_fn(model, to_device(x, device)) if self.forward_fn else model(to_device(x, device))
         finally:
             for handle in handles:
                 handle.remove()
@@ -342,7 +346,7 @@ class FeatureMapProbe:
                 grid, channels, energy = picture
                 report.grid = render.with_header(grid.cpu(), channels)
                 report.channels = channels
-                if energy is not None and images is not None:
+                if energy is not None and images is not None and shape[0] == first.shape[0]:  # same samples
                     report.overlay = render.overlay(images, energy.cpu(), self.overlay_lut)
             reports[key] = report
         input_image = render.image_row(images) if images is not None else None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
@@ -143,6 +145,8 @@ class FeatureMapCallback(pl.Callback):
             ``probe_size`` samples of the val dataloader, else of the train dataloader.
         probe_size: how many samples to take from the dataloader.
         input_fn: batch -> model input, for batches the default (tensor, first item, dict image/x/input) misses.
+        forward_fn: ``forward_fn(model, model_input)`` runs the model, for a forward that takes more than one
+            argument (``model(*model_input)``, keywords); default ``model(model_input)``. A module-level function.
         max_channels, max_samples: grid columns (channels) and rows (probe samples).
         channel_order: ``"std"`` (most varied first, chosen at the first event and kept) or ``"index"``.
         cmap: matplotlib colormap of the grids.
@@ -150,6 +154,12 @@ class FeatureMapCallback(pl.Callback):
         dead_patience: events a channel must stay dead before it is reported persistently dead (warned once).
         mean, std: the input normalisation, so ``probe/input`` and the overlays show the images as a person sees them.
         overlay: also log ``feature_maps_overlay/<layer>``, the mean |activation| over the probe input.
+        prefix: put before every tag and metric name (``"student"``: ``student/dead_filters/all``), so that two
+            callbacks in one Trainer stay apart.
+
+    The scalars (``dead_filters/*``, ``dying_filters/*``, ``never_positive/*``) go to every logger of the Trainer
+    and into ``trainer.callback_metrics`` (``EarlyStopping`` and ``ModelCheckpoint`` can monitor them); the
+    images go to the Trainer's first ``TensorBoardLogger``, else to a SummaryWriter under the Trainer's log dir.
     """
 
     def __init__(
@@ -163,6 +173,7 @@ class FeatureMapCallback(pl.Callback):
         probe_batch: Any = None,
         probe_size: int = 8,
         input_fn: Callable[[Any], Any] | None = None,
+        forward_fn: Callable[[torch.nn.Module, Any], Any] | None = None,
         max_channels: int = 16,
         max_samples: int = 4,
         channel_order: str = "std",
@@ -173,6 +184,7 @@ class FeatureMapCallback(pl.Callback):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         overlay: bool = True,
+        prefix: str = "",
     ) -> None:
         given = [
             n
@@ -209,8 +221,10 @@ class FeatureMapCallback(pl.Callback):
             raise ValueError(f"FeatureMapCallback: atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
         if (mean is None) != (std is None):
             raise ValueError("FeatureMapCallback: mean and std go together: pass both or neither")
-        if input_fn is not None and not callable(input_fn):
-            raise TypeError(f"FeatureMapCallback: input_fn must be callable, got {type(input_fn).__name__}")
+        for name, fn in (("input_fn", input_fn), ("forward_fn", forward_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"FeatureMapCallback: {name} must be callable, got {type(fn).__name__}")
+        self.prefix = tb.check_prefix(prefix)
         self.layers = layers
         self.image_layers = image_layers
         self.every_n_epochs = 1 if not given else every_n_epochs
@@ -230,15 +244,18 @@ class FeatureMapCallback(pl.Callback):
             mean=mean,
             std=std,
             overlay=overlay,
+            forward_fn=forward_fn,
         )
         from .render import colormap_lut
 
         colormap_lut(cmap)  # fail now, not at the first event, on an unknown colormap
-        # Run state: what a checkpoint keeps.
+        # Run state: what a checkpoint keeps. It belongs to one run (a Trainer's fits, or a resumed one).
         self.model_input: Any = None
         self.pinned_channels: dict[str, list[int]] = {}
         self.last_event_step: int | None = None
         self.tracker = DeadFilterTracker(dead_patience)
+        self.input_written: tuple[str, str] | None = None  # (log dir, digest) of the last probe/input written
+        self._state_of_a_fit = False  # the run state above came from a fit (not from load_state_dict, not new)
         # Set up per fit, never pickled with a value.
         self._probe: FeatureMapProbe | None = None
         self._writer: tb.BackgroundWriter | None = None
@@ -246,13 +263,16 @@ class FeatureMapCallback(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(
+        key = dict(
             layers=self.layers,
             image_layers=self.image_layers,
             every_n_epochs=self.every_n_epochs,
             epochs=self.epochs,
             every_n_steps=self.every_n_steps,
         )
+        if self.prefix:  # only then: checkpoints of callbacks without a prefix keep their key
+            key["prefix"] = self.prefix
+        return self._generate_state_key(**key)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -262,18 +282,33 @@ class FeatureMapCallback(pl.Callback):
     # ---- set-up ------------------------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
-            # A new fit counts steps from its own start; a resumed one gets this back from load_state_dict,
-            # which runs after setup. Otherwise a reused callback would skip steps it saw in an earlier fit.
-            self.last_event_step = None
-            self.tracker = DeadFilterTracker(self.tracker.patience)  # dead streaks too start over (or are restored)
+        self._close()  # a writer an earlier fit left open
+        if stage != "fit":
+            return
+        if not trainer.loggers:
+            raise MisconfigurationException(
+                "FeatureMapCallback: the Trainer has no logger (logger=False), so there is nowhere to log the feature "
+                "maps and dead-filter scalars. Pass logger=TensorBoardLogger(save_dir) (or True), or remove the "
+                "callback."
+            )
+        self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
+        if self._state_of_a_fit:  # state given with load_state_dict is kept: a resume (ckpt_path) gives it later
+            self._state_of_a_fit = False
+            self.model_input = None  # the probe batch is this fit's own data
+            if trainer.global_step == 0:
+                # A new run (a new Trainer). A further fit of the same Trainer goes on counting steps, and keeps
+                # its schedule position, pinned channels, dead streaks and the probe input it wrote.
+                self.pinned_channels = {}
+                self.last_event_step = None
+                self.tracker = DeadFilterTracker(self.tracker.patience)
+                self.input_written = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled(trainer):
             return
         if self._probe is None:
             self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
+        self._state_of_a_fit = True
         if self.model_input is None:
             self.model_input = self._take_model_input(trainer)
         if self._probe.mean is None:  # none given: the datamodule's or the dataset transform's, when they fit
@@ -342,15 +377,16 @@ class FeatureMapCallback(pl.Callback):
             shape = _describe(self.model_input)
             raise ValueError(
                 f"FeatureMapCallback: the probe batch ({shape}) could not go through the model: "
-                f"{type(err).__name__}: {err}. Pass probe_batch= with an input the model takes, or input_fn= to "
-                "pick the model input out of the batch."
+                f"{type(err).__name__}: {err}. Pass probe_batch= with an input the model takes, input_fn= to "
+                "pick the model input out of the batch, or forward_fn= to call a model that takes more than one "
+                "argument."
             ) from err
         if not len(result):
             raise ValueError(
                 "FeatureMapCallback: none of the watched layers ran during the model's forward (a module that exists "
                 "but is not called in forward() reports nothing); check layers="
             )
-        self.pinned_channels = {name: r.channels for name, r in result.items() if r.channels and "#" not in name}
+        self.pinned_channels = {name: r.channels for name, r in result.items() if r.channels}
         self._probe.pinned_channels = dict(self.pinned_channels)
         return result
 
@@ -375,27 +411,37 @@ class FeatureMapCallback(pl.Callback):
 
     # ---- schedule ----------------------------------------------------------------------------------------
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.every_n_steps is not None or self._disabled(trainer):
-            return
-        epoch = trainer.current_epoch
-        due = epoch in self.epochs if self.epochs is not None else (epoch + 1) % self.every_n_epochs == 0
-        if due:
-            self._event(trainer)
-
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.every_n_steps is None or self._disabled(trainer):
+        if self._disabled(trainer):
             return
-        if trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:
+        if self.every_n_steps is not None:
+            due = trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0
+        else:
+            # An epoch's event comes after its last batch, before the epoch-end validation: a checkpoint saved at
+            # validation end (val_check_interval < 1, check_val_every_n_epoch > 1) then holds it, and a run
+            # resumed from there, which replays on_train_epoch_end, does not log that step again. EarlyStopping
+            # and ModelCheckpoint see this event's scalars wherever they are in the callback list.
+            is_last = getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False)
+            due = is_last and self._epoch_due(trainer.current_epoch)
+        if due:
             self._event(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # An epoch cut short (max_steps, a stop request) had no last batch: its event comes here.
+        if self.every_n_steps is None and not self._disabled(trainer) and self._epoch_due(trainer.current_epoch):
+            self._event(trainer)
+
+    def _epoch_due(self, epoch: int) -> bool:
+        return epoch in self.epochs if self.epochs is not None else (epoch + 1) % self.every_n_epochs == 0
 
     def _event(self, trainer: pl.Trainer) -> None:
         """One scheduled probe: a failure warns and skips this event; training goes on."""
         step = trainer.global_step
         if self._probe is None or self.model_input is None or step == self.last_event_step:
             return
+        self.last_event_step = step  # also when it fails: not tried again at this step (on_train_epoch_end)
         try:
             self._record(trainer, self._run_probe(trainer))
         except Exception as err:
@@ -412,22 +458,62 @@ class FeatureMapCallback(pl.Callback):
             rank_zero_warn(message)
         for message in change.notes:  # revivals
             rank_zero_info(message)
+        # Every rank ran the same probe, so every rank has the same scalars for EarlyStopping and ModelCheckpoint;
+        # the loggers write on rank 0 only, as they do for Lightning's own logging.
+        metrics = tb.scalar_metrics(result, self.prefix)
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
         if self._writer is not None:
             table, record = self.tracker.table(result, change), self.tracker.record(result, change)
-            self._writer.submit(tb.write_result, result, step, table, record, what=f"writing step {step}")
+            self._writer.submit(
+                tb.write_result,
+                result,
+                step,
+                table,
+                record,
+                prefix=self.prefix,
+                with_scalars=self._owns_writer,  # a TensorBoardLogger among the loggers has written them
+                with_input=self._input_changed(result),
+                what=f"writing step {step}",
+            )
+
+    def _input_changed(self, result: ProbeResult) -> bool:
+        """Whether ``probe/input`` is due: not yet written into this log dir, or a different picture from the last.
+
+        The probe batch is the same at every event of a run, so its picture is written once, not per event.
+        """
+        if result.input_image is None:
+            return False
+        log_dir = str(getattr(self._writer.writer, "log_dir", ""))
+        written = (log_dir, hashlib.sha1(result.input_image.numpy().tobytes()).hexdigest())
+        if written == self.input_written:
+            return False
+        self.input_written = written
+        return True
 
     # ---- end ---------------------------------------------------------------------------------------------
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._writer is not None and len(self.tracker.history) > 1:
             history = list(self.tracker.history)
-            self._writer.submit(tb.write_timeline, history, trainer.global_step, what="writing the dead timeline")
+            self._writer.submit(
+                tb.write_timeline, history, trainer.global_step, self.prefix, what="writing the dead timeline"
+            )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._writer is not None:
-            self._writer.close(close_writer=self._owns_writer)
-            self._writer = None
-        self._probe = None
+        self._close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A fit that raised or was interrupted (Ctrl+C): Lightning calls this, then finalizes the loggers (which
+        closes the TensorBoardLogger's SummaryWriter), but not ``teardown``. Every queued write is done first."""
+        self._close()
+
+    def _close(self) -> None:
+        """Finish every queued write, stop the writer thread, close a SummaryWriter of our own; drop the probe."""
+        writer, self._writer, self._probe = self._writer, None, None
+        if writer is not None:
+            writer.close(close_writer=self._owns_writer)
 
     # ---- checkpoint state --------------------------------------------------------------------------------
 
@@ -437,13 +523,17 @@ class FeatureMapCallback(pl.Callback):
             "pinned_channels": self.pinned_channels,
             "last_event_step": self.last_event_step,
             "tracker": self.tracker.state_dict(),
+            "input_written": self.input_written,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._state_of_a_fit = False
         self.model_input = state_dict.get("model_input")
         self.pinned_channels = dict(state_dict.get("pinned_channels", {}))
         self.last_event_step = state_dict.get("last_event_step")
         self.tracker.load_state_dict(state_dict.get("tracker", {}))
+        written = state_dict.get("input_written")
+        self.input_written = tuple(written) if written is not None else None
 
 
 def _describe(model_input: Any) -> str:

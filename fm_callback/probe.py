@@ -13,7 +13,7 @@ import random
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,6 +212,8 @@ class FeatureMapProbe:
         follow_activations: also count, per watched channel, what the ReLU it reaches (through BatchNorm,
             dropout, pooling) lets through, so a channel that ReLU silences is dead (see ``activations.py``);
             ``False`` judges each watched output on its own.
+        forward_fn: ``forward_fn(model, x)`` runs the model, for a forward that takes more than one argument;
+            default ``model(x)``.
     """
 
     def __init__(
@@ -229,6 +231,7 @@ class FeatureMapProbe:
         std: Sequence[float] | None = None,
         overlay: bool = True,
         follow_activations: bool = True,
+        forward_fn: Callable[[nn.Module, Any], Any] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -254,6 +257,7 @@ class FeatureMapProbe:
         self.std = list(std) if std is not None else None
         self.overlay = overlay
         self.follow_activations = follow_activations
+        self.forward_fn = forward_fn
         self.pinned_channels: dict[str, list[int]] = {}
         self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
 
@@ -305,7 +309,7 @@ class FeatureMapProbe:
                         )
                     return
                 with outside_lineage():  # the probe's own reductions are not part of the model's forward
-                    raw[key] = (tuple(tensor.shape), *self._reduce(name, tensor.detach(), picture))
+                    raw[key] = (tuple(tensor.shape), *self._reduce(key, tensor.detach(), picture))
                     lineage.label(tensor, key)
 
             return hook
@@ -317,7 +321,7 @@ class FeatureMapProbe:
                 handles.append(module.register_forward_hook(make_hook(name, name in self.image_names)))
             following = lineage if self.follow_activations else contextlib.nullcontext()
             with keep_rng(cuda_devices), run_eagerly(), torch.no_grad(), following:
-                model(to_device(x, device))
+                self.forward_fn(model, to_device(x, device)) if self.forward_fn else model(to_device(x, device))
         finally:
             for handle in handles:
                 handle.remove()
@@ -328,10 +332,11 @@ class FeatureMapProbe:
     def _reduce(self, name: str, output: torch.Tensor, picture: bool) -> tuple[ChannelStats, Any]:
         """Statistics and (for picture layers) grid, channels and energy map, all still on the device."""
         stats = channel_stats(output, self.atol, self.rtol)
-        if picture and output.dim() < 3 and name not in self._warned:
-            self._warned.add(name)
+        module = name.split("#")[0]  # once per module, not per call of a reused one
+        if picture and output.dim() < 3 and module not in self._warned:
+            self._warned.add(module)
             warnings.warn(
-                f"fm_callback: layer {name!r} puts out shape {tuple(output.shape)}, with no spatial dimension to "
+                f"fm_callback: layer {module!r} puts out shape {tuple(output.shape)}, with no spatial dimension to "
                 "draw, so it gets no picture; its statistics are still logged",
                 stacklevel=3,
             )
@@ -361,7 +366,7 @@ class FeatureMapProbe:
                 grid, channels, energy = picture
                 report.grid = render.with_header(grid.cpu(), channels)
                 report.channels = channels
-                if energy is not None and images is not None:
+                if energy is not None and images is not None and shape[0] == first.shape[0]:  # same samples
                     report.overlay = render.overlay(images, energy.cpu(), self.overlay_lut)
             reports[key] = report
         input_image = render.image_row(images) if images is not None else None

@@ -268,23 +268,27 @@ def _channel_stats_general(x: torch.Tensor, atol: float, rtol: float) -> Channel
     cmax = x.amax(dim=dims)
     var, mean = torch.var_mean(x, dim=dims, correction=0)
     zeros = per_channel - torch.count_nonzero(x, dim=dims)
-    finite = torch.isfinite(mean)
-    if bool(finite.all()):
+    if bool((torch.isfinite(mean) & torch.isfinite(var)).all()):
         nonfinite = torch.zeros_like(zeros)
     else:
-        # Rare: only then pay for a pass that counts NaN/Inf, and keep the finite part's statistics.
+        # Rare: NaN/Inf values, or finite ones so large (|x| above ~1.8e19) that their float32 squares overflow.
+        # Only then pay for a pass that counts NaN/Inf, and take the finite part's statistics in float64.
         bad = ~torch.isfinite(x)
         nonfinite = bad.sum(dim=dims)
-        clean = x.masked_fill(bad, 0.0)
-        n_ok = (per_channel - nonfinite).clamp(min=1).float()
-        mean = clean.sum(dim=dims) / n_ok
-        var = (clean.square().sum(dim=dims) / n_ok - mean.square()).clamp(min=0)
         cmin = x.masked_fill(bad, float("inf")).amin(dim=dims)
         cmax = x.masked_fill(bad, float("-inf")).amax(dim=dims)
+        clean = x.masked_fill(bad, 0.0).double()
+        n_ok = (per_channel - nonfinite).clamp(min=1)
+        mean = clean.sum(dim=dims) / n_ok
+        var = (clean.square().sum(dim=dims) / n_ok - mean.square()).clamp(min=0)
+        half_range = (cmax.double() - cmin.double()) / 2  # E[x^2] - mean^2 rounds; a constant channel has std 0
+        var = torch.minimum(var, half_range.square())
+        mean = mean.float()
+    std = var.sqrt().float()  # the variance itself may not fit a float32 (std above ~1.8e19)
     dead = dead_rule(cmin, cmax, atol, rtol) & (nonfinite == 0)
     return ChannelStats(
         mean=mean,
-        std=var.sqrt(),
+        std=std,
         min=cmin,
         max=cmax,
         zero_fraction=zeros.float() / per_channel,

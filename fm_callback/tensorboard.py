@@ -1,9 +1,11 @@
 """The one place that knows the TensorBoard tag names and calls the SummaryWriter.
 
-Writing (PNG encoding of the grids included) happens on a background thread behind a small bounded
-queue, so the training thread only hands over small CPU tensors; when training itself runs on the CPU,
-the writes run on the training thread instead (cheaper there, see :func:`write_in_background`). Errors
-(a full disk, say) are kept and surfaced as warnings on the training thread; training goes on.
+When training runs on an accelerator, writing (PNG encoding of the grids included) happens on a
+background thread behind a small bounded queue, so the training thread only hands over small CPU tensors;
+when training runs on the CPU, the writes run on the training thread instead (cheaper there, see
+:func:`write_in_background`). Errors (a full disk, say) are kept and surfaced as warnings on the training
+thread; training goes on. The scalars are not written here but handed to every logger of the Trainer
+(see :func:`scalar_metrics`), except to a SummaryWriter of the callback's own.
 """
 
 from __future__ import annotations
@@ -34,45 +36,82 @@ ALL_LAYERS = "all"
 _UNSAFE_TAG_CHARS = re.compile(r"[^-/\w.]")
 
 
-def layer_tag(prefix: str, layer: str) -> str:
-    """``prefix/layer`` with the layer key made tag-safe: ``relu#1`` -> ``relu_call1``."""
+def layer_tag(kind: str, layer: str, prefix: str = "") -> str:
+    """``kind/layer`` with the layer key made tag-safe (``relu#1`` -> ``relu_call1``), under ``prefix``."""
     safe = _UNSAFE_TAG_CHARS.sub("_", layer.replace("#", "_call"))
-    return f"{prefix}/{safe}"
+    return tag(prefix, f"{kind}/{safe}")
 
 
-def write_result(
-    writer: Any, result: ProbeResult, step: int, dead_table: str | None = None, dead_record: dict | None = None
-) -> None:
-    """Every tag of one probe event, at ``step``.
+def tag(prefix: str, name: str) -> str:
+    """``name`` under a callback's ``prefix`` (``"student"``: ``student/dead_filters/all``); ``name`` without one."""
+    return f"{prefix}/{name}" if prefix else name
 
-    The numbers are read through NumPy, not small torch ops: this runs on the writer thread, and each
-    torch op gives up the GIL and may wait milliseconds to get it back while another thread runs Python.
+
+def check_prefix(prefix: Any) -> str:
+    """A valid ``prefix=`` without surrounding slashes; ValueError naming the fix otherwise."""
+    if not isinstance(prefix, str) or _UNSAFE_TAG_CHARS.search(prefix):
+        raise ValueError(
+            f"FeatureMapCallback: prefix must be a str of letters, digits, '_', '-', '.' and '/' (it starts every "
+            f"tag and metric name), got {prefix!r}; e.g. prefix='student'"
+        )
+    return prefix.strip("/")
+
+
+def scalar_metrics(result: ProbeResult, prefix: str = "") -> dict[str, float]:
+    """The scalars of one probe event by name: per layer and over all, the dead and dying shares; per layer, the
+    never-positive share (NaN for a layer without channels). Names are the TensorBoard tags.
+
+    The numbers are read through NumPy, not small torch ops: cheap on any thread, and on the writer thread
+    each torch op gives up the GIL and may wait milliseconds to get it back while another thread runs Python.
     """
+    metrics: dict[str, float] = {}
     dead_total, dying_total, channels_total = 0, 0, 0
     for name, report in result.items():
-        if report.grid is not None:
-            add_png(writer, layer_tag(FEATURE_MAPS, name), report.grid, step)
-        if report.overlay is not None:
-            add_png(writer, layer_tag(OVERLAYS, name), report.overlay, step)
         dead = report.dead.numpy()
         dying = report.dying.numpy()
         never_positive = report.stats.never_positive.numpy()
         dead_total, channels_total = dead_total + int(dead.sum()), channels_total + dead.size
         dying_total += int(dying.sum())
-        writer.add_scalar(layer_tag(DEAD_FILTERS, name), float(dead.mean(dtype="float32")) if dead.size else 0.0, step)
-        dying_share = float(dying.mean(dtype="float32")) if dying.size else 0.0
-        writer.add_scalar(layer_tag(DYING_FILTERS, name), dying_share, step)
+        metrics[layer_tag(DEAD_FILTERS, name, prefix)] = float(dead.mean(dtype="float32")) if dead.size else 0.0
+        metrics[layer_tag(DYING_FILTERS, name, prefix)] = float(dying.mean(dtype="float32")) if dying.size else 0.0
         share = float(never_positive.mean(dtype="float32")) if never_positive.size else float("nan")
-        writer.add_scalar(layer_tag(NEVER_POSITIVE, name), share, step)
-        writer.add_histogram(layer_tag(CHANNEL_MEAN, name), report.channel_mean.numpy(), step)
-    writer.add_scalar(f"{DEAD_FILTERS}/{ALL_LAYERS}", dead_total / channels_total if channels_total else 0.0, step)
-    writer.add_scalar(f"{DYING_FILTERS}/{ALL_LAYERS}", dying_total / channels_total if channels_total else 0.0, step)
-    if result.input_image is not None:
-        add_png(writer, PROBE_INPUT, result.input_image, step)
+        metrics[layer_tag(NEVER_POSITIVE, name, prefix)] = share
+    metrics[layer_tag(DEAD_FILTERS, ALL_LAYERS, prefix)] = dead_total / channels_total if channels_total else 0.0
+    metrics[layer_tag(DYING_FILTERS, ALL_LAYERS, prefix)] = dying_total / channels_total if channels_total else 0.0
+    return metrics
+
+
+def write_result(
+    writer: Any,
+    result: ProbeResult,
+    step: int,
+    dead_table: str | None = None,
+    dead_record: dict | None = None,
+    *,
+    prefix: str = "",
+    with_scalars: bool = True,
+    with_input: bool = True,
+) -> None:
+    """Every tag of one probe event, at ``step``, under ``prefix``.
+
+    ``with_scalars=False`` leaves out the scalars of :func:`scalar_metrics` (Lightning's loggers write them);
+    ``with_input=False`` leaves out ``probe/input`` (already written, unchanged).
+    """
+    for name, report in result.items():
+        if report.grid is not None:
+            add_png(writer, layer_tag(FEATURE_MAPS, name, prefix), report.grid, step)
+        if report.overlay is not None:
+            add_png(writer, layer_tag(OVERLAYS, name, prefix), report.overlay, step)
+        writer.add_histogram(layer_tag(CHANNEL_MEAN, name, prefix), report.channel_mean.numpy(), step)
+    if with_scalars:
+        for name, value in scalar_metrics(result, prefix).items():
+            writer.add_scalar(name, value, step)
+    if with_input and result.input_image is not None:
+        add_png(writer, tag(prefix, PROBE_INPUT), result.input_image, step)
     if dead_table:
-        writer.add_text(DEAD_TABLE, dead_table, step)
+        writer.add_text(tag(prefix, DEAD_TABLE), dead_table, step)
     if dead_record is not None:
-        write_json(writer, DEAD_STATE, dead_record, step)
+        write_json(writer, tag(prefix, DEAD_STATE), dead_record, step)
 
 
 def add_png(writer: Any, tag: str, image: Any, step: int) -> None:
@@ -136,11 +175,11 @@ def write_json(writer: Any, tag: str, obj: Any, step: int) -> None:
     writer._get_file_writer().add_summary(summary, step)
 
 
-def write_timeline(writer: Any, history: list[dict[str, Any]], step: int) -> None:
+def write_timeline(writer: Any, history: list[dict[str, Any]], step: int, prefix: str = "") -> None:
     """The end-of-fit picture: layers x events, dead fraction as colour."""
     from .report import timeline_figure
 
-    writer.add_figure(DEAD_TIMELINE, timeline_figure(history), step)
+    writer.add_figure(tag(prefix, DEAD_TIMELINE), timeline_figure(history), step)
 
 
 def write_in_background(device: Any) -> bool:
@@ -216,18 +255,18 @@ class BackgroundWriter:
             self._thread = threading.Thread(target=self._work, name="fm_callback-writer", daemon=True)
             self._thread.start()
 
-    def submit(self, fn: Callable[..., None], *args: Any, what: str = "write") -> None:
-        """Queue ``fn(writer, *args)``; blocks while the queue is full, so memory stays bounded."""
+    def submit(self, fn: Callable[..., None], *args: Any, what: str = "write", **kwargs: Any) -> None:
+        """Queue ``fn(writer, *args, **kwargs)``; blocks while the queue is full, so memory stays bounded."""
         self.warn_errors()
         if self._thread is None:
-            self._run(fn, args, what)
+            self._run(fn, args, kwargs, what)
             self.warn_errors()
         else:
-            self._queue.put((fn, args, what))
+            self._queue.put((fn, args, kwargs, what))
 
-    def _run(self, fn: Callable[..., None], args: tuple, what: str) -> None:
+    def _run(self, fn: Callable[..., None], args: tuple, kwargs: dict[str, Any], what: str) -> None:
         try:
-            fn(self.writer, *args)
+            fn(self.writer, *args, **kwargs)
         except Exception as err:  # surfaced on the training thread
             self._errors.append(f"{what} failed ({type(err).__name__}: {err})")
 

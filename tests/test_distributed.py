@@ -81,6 +81,7 @@ class Report(pl.Callback):
                 "model_input": self.fm.model_input,
                 "probe_forwards": pl_module.probe_forwards,
                 "event_steps": [h["step"] for h in self.fm.tracker.history],
+                "dead_metric": trainer.callback_metrics.get("dead_filters/all"),
                 "mean": {n: r.channel_mean for n, r in self.fm._probe.run(self.fm.model_input).items()},
             },
             Path(self.out) / f"rank{trainer.global_rank}.pt",
@@ -135,13 +136,15 @@ def test_ddp_two_cpu_processes(tmp_path, strategy):
     # DDP keeps the weights in sync, so the same batch gives the same statistics on both ranks.
     for name, mean in reports[0]["mean"].items():
         assert torch.allclose(mean, reports[1]["mean"][name])
+    # ... and the same scalars for EarlyStopping and ModelCheckpoint, which decide on every rank.
+    assert reports[0]["dead_metric"] is not None and reports[0]["dead_metric"] == reports[1]["dead_metric"]
 
     # Only rank 0 writes: every event is in the event files exactly once.
     steps = _images_per_step(tmp_path / "tb", "feature_maps/")
     assert set(steps) == {"feature_maps/net.0", "feature_maps/net.2"}
     for tag, logged in steps.items():
         assert sorted(logged) == [0, 2, 4], (tag, logged)
-    assert sorted(_images_per_step(tmp_path / "tb", "probe/input")["probe/input"]) == [0, 2, 4]
+    assert sorted(_images_per_step(tmp_path / "tb", "probe/input")["probe/input"]) == [0]  # the same picture
     assert len(list((tmp_path / "tb").rglob("events.out.tfevents.*"))) == 1
     acc = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents.*"))), size_guidance=SIZE)
     acc.Reload()
@@ -157,7 +160,7 @@ def test_ddp_configuration_error_on_rank_0_reaches_every_rank(tmp_path):
             accelerator="cpu",
             devices=2,
             max_epochs=1,
-            logger=False,
+            logger=TensorBoardLogger(tmp_path),  # (with logger=False the callback would refuse to run at setup)
             callbacks=[RaisedOn(str(tmp_path), probe_batch="cat.png")],
             enable_progress_bar=False,
             enable_model_summary=False,

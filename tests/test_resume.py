@@ -67,9 +67,8 @@ def test_resumed_run_logs_the_same_probe_images_and_no_step_twice(
     assert len(events.files) == 2  # one event file per half
     assert events.steps("images", "feature_maps/conv1") == first_steps + second_steps
     assert events.steps("scalars", "dead_filters/all") == first_steps + second_steps
-    pictures = events.images["probe/input"]
-    assert sorted(e.step for e in pictures) == first_steps + second_steps
-    assert len({e.encoded_image_string for e in pictures}) == 1, "the resumed run shows other probe images"
+    # The restored probe batch is the same picture, in the same log dir: written once, at the first event.
+    assert events.steps("images", "probe/input") == [0]
     assert [h["step"] for h in second.tracker.history] == first_steps + second_steps
 
 

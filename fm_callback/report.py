@@ -13,10 +13,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import tensorboard as tb
 from .tracking import format_channels
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
 
 # Everything of the scalars and tensors (the records); of the bulky kinds, only the last item is kept.
 SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "images": 1, "histograms": 1, "audio": 1, "compressedHistograms": 1}
@@ -148,44 +152,61 @@ def history(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def timeline_figure(history: list[dict[str, Any]], title: str | None = None):
-    """A matplotlib figure: one row per layer, one column per probe event, dead fraction as colour.
+def timeline_figure(history: list[dict[str, Any]], title: str | None = None) -> Figure:
+    """A matplotlib figure: one row per layer, one column per probe event, the % of dead channels as colour.
 
-    ``history`` is a list of ``{"step", "epoch", "dead_fraction": {layer: fraction}}``, one per event.
-    Cells show the percentage when the grid is small enough to read it.
+    ``history`` is a list of ``{"step", "epoch", "dead_fraction": {layer: fraction}}``, one per event. Cells show
+    the percentage when the grid is small enough to read it. The figure is built without pyplot, on its own Agg
+    canvas: the user's matplotlib backend and pyplot's figures are left alone, and nothing needs closing.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     layers: list[str] = []
     for event in history:
-        for name in event["dead_fraction"]:
-            if name not in layers:
-                layers.append(name)
-    values = np.full((len(layers), len(history)), np.nan)
+        layers += [name for name in event["dead_fraction"] if name not in layers]
+    percent = np.full((len(layers), len(history)), np.nan)
     for col, event in enumerate(history):
         for row, name in enumerate(layers):
-            values[row, col] = event["dead_fraction"].get(name, np.nan)
-    width = min(14.0, max(5.0, 0.55 * len(history) + 3))
-    fig, ax = plt.subplots(figsize=(width, max(2.5, 0.3 * len(layers) + 1.5)))
-    image = ax.imshow(values, aspect="auto", cmap="YlOrRd", vmin=0, vmax=1, interpolation="nearest")
+            percent[row, col] = 100 * event["dead_fraction"].get(name, np.nan)
+    names_width = 0.065 * max((len(name) for name in layers), default=0)  # inches of 8 pt tick labels
+    width = min(16.0, names_width + max(3.5, 0.55 * len(history)) + 1.8)
+    fig = Figure(figsize=(width, max(2.5, 0.3 * len(layers) + 1.5)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = colormaps["YlOrRd"].with_extremes(bad="0.85")  # grey: the layer was not probed at that event
+    image = ax.imshow(percent, aspect="auto", cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
     if len(layers) <= 40 and len(history) <= 24:
-        for (row, col), value in np.ndenumerate(values):
+        for (row, col), value in np.ndenumerate(percent):
             if not np.isnan(value):
-                colour = "black" if value > 0.6 else "white"
-                ax.text(col, row, f"{100 * value:.3g}", ha="center", va="center", fontsize=7, color=colour)
+                ink = _ink(cmap(image.norm(value)))
+                ax.text(col, row, f"{value:.3g}%", ha="center", va="center", fontsize=7, color=ink)
     ax.set_yticks(range(len(layers)), layers, fontsize=8)
     ticks = list(range(0, len(history), max(1, len(history) // 12)))
-    labels = [f"{history[i]['step']}\nep {history[i]['epoch']}" for i in ticks]
-    ax.set_xticks(ticks, labels, fontsize=7)
+    ax.set_xticks(ticks, [f"{history[i]['step']}\nep {history[i]['epoch']}" for i in ticks], fontsize=7)
     ax.set_xlabel("probe event (global step, epoch)")
     ax.set_title(title or "dead filters: % of each layer's channels", fontsize=10)
-    fig.colorbar(image, ax=ax, label="dead fraction")
-    fig.tight_layout()
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, aspect=30, label="dead channels (% of the layer)")
+    colorbar.ax.yaxis.set_major_formatter("{x:.0f}%")
     return fig
+
+
+def timeline_image(history: list[dict[str, Any]], title: str | None = None) -> np.ndarray:
+    """``timeline_figure`` rendered at its own 100 dpi: uint8 RGB, [H, W, 3] (``add_image(..., dataformats="HWC")``)."""
+    import numpy as np
+
+    fig = timeline_figure(history, title)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _ink(rgba: tuple[float, ...]) -> str:
+    """Black or white, whichever reads better on a cell of colour ``rgba`` (WCAG relative luminance)."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return "black" if luminance > 0.179 else "white"
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
@@ -213,8 +234,6 @@ def report_command(args: Any) -> int:
 
 def save_plots(summaries: list[dict[str, Any]], target: str) -> list[str]:
     """One timeline PNG per run: ``target`` itself for one run, ``<stem>.<run>.png`` beside it for several."""
-    import matplotlib.pyplot as plt
-
     out = Path(target)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -225,7 +244,6 @@ def save_plots(summaries: list[dict[str, Any]], target: str) -> list[str]:
             path = out.with_name(f"{out.stem}.{safe}{out.suffix or '.png'}")
         fig = timeline_figure(history(summary), title=f"dead filters of {summary['run']}: % of each layer's channels")
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         paths.append(str(path))
     return paths
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -10,11 +11,18 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_dead import DEAD_CHANNEL, DEAD_LAYER, REVIVE_CHANNEL, REVIVE_EPOCH, REVIVE_LAYER, train_planted
 from torch.utils.tensorboard import SummaryWriter
 
+from fm_callback import tensorboard as tb
 from fm_callback.cli import main
+from fm_callback.report import timeline_figure, timeline_image
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +134,72 @@ def test_installed_console_script(logdir: Path) -> None:
     assert table_rows(done.stdout, "Persistently dead channels") == [
         [DEAD_LAYER, str(DEAD_CHANNEL), "epoch 0 (step 0)", "5"]
     ]
+
+
+# ---- the timeline picture ---------------------------------------------------------------------------------
+
+
+def hand_history() -> list[dict]:
+    """11 layers x 3 events, dead shares 0 % .. 100 % in 32 steps; the last layer not probed at the first event."""
+    history = []
+    for event in range(3):
+        fractions = {f"layer{i}.conv": (3 * i + event) / 32 for i in range(11) if 3 * i + event <= 32}
+        if event == 0:
+            del fractions["layer10.conv"]
+        history.append({"step": 10 * event, "epoch": event, "dead_fraction": fractions})
+    return history
+
+
+def contrast(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """WCAG contrast ratio of two sRGB colours (1 to 21; 4.5 is the minimum for small text)."""
+
+    def luminance(rgb: tuple[float, ...]) -> float:
+        r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb[:3])
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_timeline_labels_read_on_their_cells_and_all_in_percent() -> None:
+    fig = timeline_figure(hand_history())
+    fig.canvas.draw()
+    ax, colorbar = fig.axes
+    image = ax.images[0]
+    assert len(ax.texts) == 32
+    inks = {}
+    for text in ax.texts:
+        col, row = text.get_position()
+        value = image.get_array()[row, col]
+        assert text.get_text() == f"{value:.3g}%"
+        ratio = contrast(to_rgb(text.get_color()), image.cmap(image.norm(value)))
+        assert ratio >= 4.5, f"{text.get_text()} in {text.get_color()}: contrast {ratio:.2f}"
+        inks[text.get_text()] = text.get_color()
+    assert (inks["0%"], inks["100%"]) == ("black", "white")  # dark on the light cells, light on the dark ones
+    assert "%" in ax.get_title() and "%" in colorbar.get_ylabel()
+    assert [t.get_text() for t in colorbar.get_yticklabels()] == ["0%", "20%", "40%", "60%", "80%", "100%"]
+
+
+def test_timeline_leaves_the_users_matplotlib_alone(logdir: Path, tmp_path: Path, capsys) -> None:
+    previous = matplotlib.get_backend()
+    plt.switch_backend("svg")
+    mine = plt.figure()
+    figures = plt.get_fignums()
+    try:
+        timeline_figure(hand_history()).savefig(tmp_path / "saved.png")
+        array = timeline_image(hand_history())
+        with SummaryWriter(str(tmp_path / "tb")) as writer:
+            tb.write_timeline(writer, hand_history(), step=7)
+        code, _, _ = run_report(capsys, logdir, "--plot", tmp_path / "plot.png")
+        assert code == 0
+        assert (matplotlib.get_backend(), plt.get_fignums(), plt.gcf()) == ("svg", figures, mine)
+    finally:
+        plt.close(mine)
+        plt.switch_backend(previous)
+    assert array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3
+    accumulator = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    accumulator.Reload()
+    (logged,) = accumulator.Images(tb.DEAD_TIMELINE)
+    assert logged.step == 7
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(logged.encoded_image_string)).convert("RGB")), array)
+    assert matplotlib.image.imread(tmp_path / "saved.png").shape[:2] == array.shape[:2]

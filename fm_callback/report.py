@@ -258,7 +258,11 @@ def _console():
 
 
 def print_summary(console: Any, summary: dict[str, Any]) -> None:
-    """The human-readable report of one run: dead fraction over time, persistent, revived, never positive."""
+    """The human-readable report of one run: dead fraction over time, dead now, persistent, revived, never positive.
+
+    Layer names are never cut: the over-time table shows as many events as fit beside them at the console's width,
+    and a name too long for even one event column wraps onto a second line.
+    """
     from rich.markup import escape
     from rich.table import Table
 
@@ -269,36 +273,35 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
         f"{len(events)} probe event(s), steps {first['step']}-{last['step']} (epochs {first['epoch']}-"
         f"{last['epoch']}); persistently dead = dead for {summary['patience']} consecutive events or more."
     )
-    shown = _spread(len(events), MAX_EVENT_COLUMNS)
-    caption = f"{len(shown)} of {len(events)} events shown; --json has them all" if len(shown) < len(events) else None
-    table = Table(title="Dead fraction per layer over time", caption=caption, title_justify="left")
-    table.add_column("layer", style="bold")
-    table.add_column("channels", justify="right")
-    for i in shown:
-        table.add_column(f"step {events[i]['step']}\nep {events[i]['epoch']}", justify="right")
-    table.add_column("dead now", justify="left")
-    for layer in summary["layers"]:
-        cells = [_percent(layer["dead_fraction"][i]) for i in shown]
-        table.add_row(escape(layer["layer"]), str(layer["channels"] or "-"), *cells, format_channels(layer["dead"]))
-    console.print(table)
+    console.print(_fraction_table(console, summary))
+
+    dead = [layer for layer in summary["layers"] if layer["dead"]]
+    if dead:
+        title = f"Dead at the last event (step {last['step']}, epoch {last['epoch']}):"
+        _print_channels(console, title, dead, "dead")
+    else:
+        console.print("[green]No dead channel at the last event.[/green]")
 
     persistent = [(layer["layer"], entry) for layer in summary["layers"] for entry in layer["persistent"]]
     if persistent:
-        table = Table(title="Persistently dead channels (at the last event)", title_justify="left")
-        for column in ("layer", "channels", "dead since", "events dead"):
-            table.add_column(column)
+        table = Table(title="Persistently dead channels (at the last event)", title_justify="left", show_edge=False)
+        _name_column(table)
+        for column in ("channels", "dead since", "events dead"):
+            table.add_column(column, overflow="fold")
         for (name, since_epoch, since_step, count), channels in _group(persistent).items():
             table.add_row(
                 escape(name), format_channels(channels), f"epoch {since_epoch} (step {since_step})", str(count)
             )
-        console.print(table)
+        console.print(_keep_names(console, table))
     else:
         console.print("[green]No persistently dead channels at the last event.[/green]")
 
     if summary["revived"]:
-        table = Table(title="Revived channels (persistently dead, then alive again)", title_justify="left")
-        for column in ("layer", "channel", "dead since", "revived at"):
-            table.add_column(column)
+        title = "Revived channels (persistently dead, then alive again)"
+        table = Table(title=title, title_justify="left", show_edge=False)
+        _name_column(table)
+        for column in ("channel", "dead since", "revived at"):
+            table.add_column(column, overflow="fold")
         for r in summary["revived"]:
             table.add_row(
                 escape(r["layer"]),
@@ -306,18 +309,74 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
                 f"epoch {r['since_epoch']} (step {r['since_step']})",
                 f"epoch {r['epoch']} (step {r['step']})",
             )
-        console.print(table)
+        console.print(_keep_names(console, table))
     else:
         console.print("No channel revived.")
 
-    never = [
-        (layer["layer"], layer["never_positive_alive"]) for layer in summary["layers"] if layer["never_positive_alive"]
-    ]
+    never = [layer for layer in summary["layers"] if layer["never_positive_alive"]]
     if never:
-        console.print("Never positive at the last event (alive, but a ReLU right after would silence them):")
-        for name, channels in never:
-            console.print(f"  {escape(name)}: {format_channels(channels)}")
+        title = "Never positive at the last event (alive, but a ReLU right after would silence them):"
+        _print_channels(console, title, never, "never_positive_alive")
     console.print()
+
+
+def _fraction_table(console: Any, summary: dict[str, Any]) -> Any:
+    """Dead fraction per layer over time, with as many events (first and last among them) as fit the console."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    events = summary["events"]
+    for most in range(min(MAX_EVENT_COLUMNS, len(events)), 0, -1):
+        shown = _spread(len(events), most)
+        caption = f"{len(shown)} of {len(events)} events shown; --json has them all" if most < len(events) else None
+        table = Table(title="Dead fraction per layer over time", caption=caption, title_justify="left", show_edge=False)
+        _name_column(table)
+        table.add_column("channels", justify="right", no_wrap=True)
+        for i in shown:  # three short header lines keep the column as narrow as its percentages
+            table.add_column(f"step\n{events[i]['step']}\nep {events[i]['epoch']}", justify="right", overflow="fold")
+        for layer in summary["layers"]:
+            cells = [_percent(layer["dead_fraction"][i]) for i in shown]
+            table.add_row(escape(layer["layer"]), str(layer["channels"] or "-"), *cells)
+        if _widths(console, table).maximum <= console.width:
+            return table
+    return _keep_names(console, table)
+
+
+def _print_channels(console: Any, title: str, layers: list[dict[str, Any]], key: str) -> None:
+    """``title``, then per layer an indented line: its name, how many of its channels, and which (``layer[key]``)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 0, 0, 2), pad_edge=True)
+    _name_column(grid)
+    grid.add_column(overflow="fold")
+    for layer in layers:
+        grid.add_row(escape(layer["layer"]), f"{len(layer[key])} of {layer['channels']}: {format_channels(layer[key])}")
+    console.print(title)
+    console.print(_keep_names(console, grid))
+
+
+def _name_column(table: Any) -> None:
+    """The layer name column: kept on one line while the table fits (see ``_keep_names``)."""
+    table.add_column("layer" if table.show_header else None, style="bold", no_wrap=True)
+
+
+def _keep_names(console: Any, table: Any) -> Any:
+    """``table``, its layer names folded onto more lines if they cannot all fit whole: wrapped, never cut short.
+
+    Rich narrows the columns that may wrap first, and cuts a ``no_wrap`` column only when that is not enough: the
+    names fit when the table's narrowest layout does (every other column either wraps or holds single words).
+    """
+    if _widths(console, table).minimum > console.width:
+        table.columns[0].no_wrap = False
+        table.columns[0].overflow = "fold"
+    return table
+
+
+def _widths(console: Any, table: Any) -> Any:
+    """The table's width range with unlimited room: ``maximum`` with nothing wrapped, ``minimum`` with every
+    wrapping column at its longest word."""
+    return console.measure(table, options=console.options.update_width(1_000_000))
 
 
 def _group(persistent: list[tuple[str, dict[str, Any]]]) -> dict[tuple, list[int]]:
@@ -333,6 +392,8 @@ def _spread(total: int, most: int) -> list[int]:
     """At most ``most`` indices of ``range(total)``, evenly spread, first and last included."""
     if total <= most:
         return list(range(total))
+    if most == 1:
+        return [total - 1]
     return sorted({round(i * (total - 1) / (most - 1)) for i in range(most)})
 
 
@@ -341,4 +402,5 @@ def _percent(value: float | None) -> str:
         return "-"
     if value == 0:
         return "[dim]0%[/dim]"
-    return f"[red]{100 * value:.1f}%[/red]" if value >= 0.5 else f"[yellow]{100 * value:.1f}%[/yellow]"
+    text = "100%" if value == 1 else f"{100 * value:.1f}%"
+    return f"[red]{text}[/red]" if value >= 0.5 else f"[yellow]{text}[/yellow]"

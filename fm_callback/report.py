@@ -188,7 +188,7 @@ def timeline_figure(history: list[dict[str, Any]], title: str | None = None) -> 
     ax.set_xticks(ticks, [f"{history[i]['step']}\nep {history[i]['epoch']}" for i in ticks], fontsize=7)
     ax.set_xlabel("probe event (global step, epoch)")
     ax.set_title(title or "dead filters: % of each layer's channels", fontsize=10)
-    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, aspect=30, label="dead channels (% of the layer)")
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, aspect=30, label="dead (%)")
     colorbar.ax.yaxis.set_major_formatter("{x:.0f}%")
     return fig
 

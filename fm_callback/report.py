@@ -286,8 +286,8 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
     if persistent:
         table = Table(title="Persistently dead channels (at the last event)", title_justify="left", show_edge=False)
         _name_column(table)
-        for column in ("channels", "dead since", "events dead"):
-            table.add_column(column, overflow="fold")
+        for header in ("channels", "dead since", "events dead"):
+            _text_column(table, header)
         for (name, since_epoch, since_step, count), channels in _group(persistent).items():
             table.add_row(
                 escape(name), format_channels(channels), f"epoch {since_epoch} (step {since_step})", str(count)
@@ -300,8 +300,8 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
         title = "Revived channels (persistently dead, then alive again)"
         table = Table(title=title, title_justify="left", show_edge=False)
         _name_column(table)
-        for column in ("channel", "dead since", "revived at"):
-            table.add_column(column, overflow="fold")
+        for header in ("channel", "dead since", "revived at"):
+            _text_column(table, header)
         for r in summary["revived"]:
             table.add_row(
                 escape(r["layer"]),
@@ -359,6 +359,11 @@ def _print_channels(console: Any, title: str, layers: list[dict[str, Any]], key:
 def _name_column(table: Any) -> None:
     """The layer name column: kept on one line while the table fits (see ``_keep_names``)."""
     table.add_column("layer" if table.show_header else None, style="bold", no_wrap=True)
+
+
+def _text_column(table: Any, header: str) -> None:
+    """A column whose cells wrap (long channel lists fold), never splitting a word of its header."""
+    table.add_column(header, overflow="fold", min_width=max(len(word) for word in header.split()))
 
 
 def _keep_names(console: Any, table: Any) -> Any:

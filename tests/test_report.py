@@ -51,7 +51,8 @@ def table_rows(text: str, title: str) -> list[list[str]]:
     rows = []
     for line in lines[start + 1 :]:
         if "│" in line:
-            rows.append([cell.strip() for cell in line.strip().strip("│").split("│")])
+            cells = line.split("│")[1:-1] if line.startswith("│") else line.split("│")  # with or without edges
+            rows.append([cell.strip() for cell in cells])
         elif rows or line.startswith(("Dead", "No ", "Never", "Persistently", "Revived")):  # past the table
             break
     return rows
@@ -62,7 +63,7 @@ def event_steps(text: str) -> list[int]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Dead fraction per layer over time"))
     header = [line for line in lines[start:] if "┃" in line]
-    return [int(cell) for cell in header[1].strip().strip("┃").split("┃")[2:]]
+    return [int(step) for step in re.findall(r"\d+", header[1])]
 
 
 def run_report(capsys, *args: str) -> tuple[int, str, str]:

@@ -261,7 +261,7 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
     """The human-readable report of one run: dead fraction over time, dead now, persistent, revived, never positive.
 
     Layer names are never cut: the over-time table shows as many events as fit beside them at the console's width,
-    and a name too long for even one event column wraps onto a second line.
+    and a name too long for even one event column wraps onto more lines.
     """
     from rich.markup import escape
     from rich.table import Table

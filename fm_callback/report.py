@@ -13,10 +13,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import tensorboard as tb
 from .tracking import format_channels
+
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.figure import Figure
 
 # Everything of the scalars and tensors (the records); of the bulky kinds, only the last item is kept.
 SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "images": 1, "histograms": 1, "audio": 1, "compressedHistograms": 1}
@@ -148,44 +152,61 @@ def history(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def timeline_figure(history: list[dict[str, Any]], title: str | None = None):
-    """A matplotlib figure: one row per layer, one column per probe event, dead fraction as colour.
+def timeline_figure(history: list[dict[str, Any]], title: str | None = None) -> Figure:
+    """A matplotlib figure: one row per layer, one column per probe event, the % of dead channels as colour.
 
-    ``history`` is a list of ``{"step", "epoch", "dead_fraction": {layer: fraction}}``, one per event.
-    Cells show the percentage when the grid is small enough to read it.
+    ``history`` is a list of ``{"step", "epoch", "dead_fraction": {layer: fraction}}``, one per event. Cells show
+    the percentage when the grid is small enough to read it. The figure is built without pyplot, on its own Agg
+    canvas: the user's matplotlib backend and pyplot's figures are left alone, and nothing needs closing.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     layers: list[str] = []
     for event in history:
-        for name in event["dead_fraction"]:
-            if name not in layers:
-                layers.append(name)
-    values = np.full((len(layers), len(history)), np.nan)
+        layers += [name for name in event["dead_fraction"] if name not in layers]
+    percent = np.full((len(layers), len(history)), np.nan)
     for col, event in enumerate(history):
         for row, name in enumerate(layers):
-            values[row, col] = event["dead_fraction"].get(name, np.nan)
-    width = min(14.0, max(5.0, 0.55 * len(history) + 3))
-    fig, ax = plt.subplots(figsize=(width, max(2.5, 0.3 * len(layers) + 1.5)))
-    image = ax.imshow(values, aspect="auto", cmap="YlOrRd", vmin=0, vmax=1, interpolation="nearest")
+            percent[row, col] = 100 * event["dead_fraction"].get(name, np.nan)
+    names_width = 0.065 * max((len(name) for name in layers), default=0)  # inches of 8 pt tick labels
+    width = min(16.0, names_width + max(3.5, 0.55 * len(history)) + 1.8)
+    fig = Figure(figsize=(width, max(2.5, 0.3 * len(layers) + 1.5)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = colormaps["YlOrRd"].with_extremes(bad="0.85")  # grey: the layer was not probed at that event
+    image = ax.imshow(percent, aspect="auto", cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
     if len(layers) <= 40 and len(history) <= 24:
-        for (row, col), value in np.ndenumerate(values):
+        for (row, col), value in np.ndenumerate(percent):
             if not np.isnan(value):
-                colour = "black" if value > 0.6 else "white"
-                ax.text(col, row, f"{100 * value:.3g}", ha="center", va="center", fontsize=7, color=colour)
+                ink = _ink(cmap(image.norm(value)))
+                ax.text(col, row, f"{value:.3g}%", ha="center", va="center", fontsize=7, color=ink)
     ax.set_yticks(range(len(layers)), layers, fontsize=8)
     ticks = list(range(0, len(history), max(1, len(history) // 12)))
-    labels = [f"{history[i]['step']}\nep {history[i]['epoch']}" for i in ticks]
-    ax.set_xticks(ticks, labels, fontsize=7)
+    ax.set_xticks(ticks, [f"{history[i]['step']}\nep {history[i]['epoch']}" for i in ticks], fontsize=7)
     ax.set_xlabel("probe event (global step, epoch)")
     ax.set_title(title or "dead filters: % of each layer's channels", fontsize=10)
-    fig.colorbar(image, ax=ax, label="dead fraction")
-    fig.tight_layout()
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, aspect=30, label="dead (%)")
+    colorbar.ax.yaxis.set_major_formatter("{x:.0f}%")
     return fig
+
+
+def timeline_image(history: list[dict[str, Any]], title: str | None = None) -> np.ndarray:
+    """``timeline_figure`` rendered at its own 100 dpi: uint8 RGB, [H, W, 3] (``add_image(..., dataformats="HWC")``)."""
+    import numpy as np
+
+    fig = timeline_figure(history, title)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _ink(rgba: tuple[float, ...]) -> str:
+    """Black or white, whichever reads better on a cell of colour ``rgba`` (WCAG relative luminance)."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return "black" if luminance > 0.179 else "white"
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
@@ -213,8 +234,6 @@ def report_command(args: Any) -> int:
 
 def save_plots(summaries: list[dict[str, Any]], target: str) -> list[str]:
     """One timeline PNG per run: ``target`` itself for one run, ``<stem>.<run>.png`` beside it for several."""
-    import matplotlib.pyplot as plt
-
     out = Path(target)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -225,7 +244,6 @@ def save_plots(summaries: list[dict[str, Any]], target: str) -> list[str]:
             path = out.with_name(f"{out.stem}.{safe}{out.suffix or '.png'}")
         fig = timeline_figure(history(summary), title=f"dead filters of {summary['run']}: % of each layer's channels")
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         paths.append(str(path))
     return paths
 
@@ -240,7 +258,11 @@ def _console():
 
 
 def print_summary(console: Any, summary: dict[str, Any]) -> None:
-    """The human-readable report of one run: dead fraction over time, persistent, revived, never positive."""
+    """The human-readable report of one run: dead fraction over time, dead now, persistent, revived, never positive.
+
+    Layer names are never cut: the over-time table shows as many events as fit beside them at the console's width,
+    and a name too long for even one event column wraps onto more lines.
+    """
     from rich.markup import escape
     from rich.table import Table
 
@@ -251,36 +273,35 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
         f"{len(events)} probe event(s), steps {first['step']}-{last['step']} (epochs {first['epoch']}-"
         f"{last['epoch']}); persistently dead = dead for {summary['patience']} consecutive events or more."
     )
-    shown = _spread(len(events), MAX_EVENT_COLUMNS)
-    caption = f"{len(shown)} of {len(events)} events shown; --json has them all" if len(shown) < len(events) else None
-    table = Table(title="Dead fraction per layer over time", caption=caption, title_justify="left")
-    table.add_column("layer", style="bold")
-    table.add_column("channels", justify="right")
-    for i in shown:
-        table.add_column(f"step {events[i]['step']}\nep {events[i]['epoch']}", justify="right")
-    table.add_column("dead now", justify="left")
-    for layer in summary["layers"]:
-        cells = [_percent(layer["dead_fraction"][i]) for i in shown]
-        table.add_row(escape(layer["layer"]), str(layer["channels"] or "-"), *cells, format_channels(layer["dead"]))
-    console.print(table)
+    console.print(_fraction_table(console, summary))
+
+    dead = [layer for layer in summary["layers"] if layer["dead"]]
+    if dead:
+        title = f"Dead at the last event (step {last['step']}, epoch {last['epoch']}):"
+        _print_channels(console, title, dead, "dead")
+    else:
+        console.print("[green]No dead channel at the last event.[/green]")
 
     persistent = [(layer["layer"], entry) for layer in summary["layers"] for entry in layer["persistent"]]
     if persistent:
-        table = Table(title="Persistently dead channels (at the last event)", title_justify="left")
-        for column in ("layer", "channels", "dead since", "events dead"):
-            table.add_column(column)
+        table = Table(title="Persistently dead channels (at the last event)", title_justify="left", show_edge=False)
+        _name_column(table)
+        for header in ("channels", "dead since", "events dead"):
+            _text_column(table, header)
         for (name, since_epoch, since_step, count), channels in _group(persistent).items():
             table.add_row(
                 escape(name), format_channels(channels), f"epoch {since_epoch} (step {since_step})", str(count)
             )
-        console.print(table)
+        console.print(_keep_names(console, table))
     else:
         console.print("[green]No persistently dead channels at the last event.[/green]")
 
     if summary["revived"]:
-        table = Table(title="Revived channels (persistently dead, then alive again)", title_justify="left")
-        for column in ("layer", "channel", "dead since", "revived at"):
-            table.add_column(column)
+        title = "Revived channels (persistently dead, then alive again)"
+        table = Table(title=title, title_justify="left", show_edge=False)
+        _name_column(table)
+        for header in ("channel", "dead since", "revived at"):
+            _text_column(table, header)
         for r in summary["revived"]:
             table.add_row(
                 escape(r["layer"]),
@@ -288,18 +309,79 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
                 f"epoch {r['since_epoch']} (step {r['since_step']})",
                 f"epoch {r['epoch']} (step {r['step']})",
             )
-        console.print(table)
+        console.print(_keep_names(console, table))
     else:
         console.print("No channel revived.")
 
-    never = [
-        (layer["layer"], layer["never_positive_alive"]) for layer in summary["layers"] if layer["never_positive_alive"]
-    ]
+    never = [layer for layer in summary["layers"] if layer["never_positive_alive"]]
     if never:
-        console.print("Never positive at the last event (alive, but a ReLU right after would silence them):")
-        for name, channels in never:
-            console.print(f"  {escape(name)}: {format_channels(channels)}")
+        title = "Never positive at the last event (alive, but a ReLU right after would silence them):"
+        _print_channels(console, title, never, "never_positive_alive")
     console.print()
+
+
+def _fraction_table(console: Any, summary: dict[str, Any]) -> Any:
+    """Dead fraction per layer over time, with as many events (first and last among them) as fit the console."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    events = summary["events"]
+    for most in range(min(MAX_EVENT_COLUMNS, len(events)), 0, -1):
+        shown = _spread(len(events), most)
+        caption = f"{len(shown)} of {len(events)} events shown; --json has them all" if most < len(events) else None
+        table = Table(title="Dead fraction per layer over time", caption=caption, title_justify="left", show_edge=False)
+        _name_column(table)
+        table.add_column("channels", justify="right", no_wrap=True)
+        for i in shown:  # three short header lines keep the column as narrow as its percentages
+            table.add_column(f"step\n{events[i]['step']}\nep {events[i]['epoch']}", justify="right", overflow="fold")
+        for layer in summary["layers"]:
+            cells = [_percent(layer["dead_fraction"][i]) for i in shown]
+            table.add_row(escape(layer["layer"]), str(layer["channels"] or "-"), *cells)
+        if _widths(console, table).maximum <= console.width:
+            return table
+    return _keep_names(console, table)
+
+
+def _print_channels(console: Any, title: str, layers: list[dict[str, Any]], key: str) -> None:
+    """``title``, then per layer an indented line: its name, how many of its channels, and which (``layer[key]``)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    grid = Table.grid(padding=(0, 0, 0, 2), pad_edge=True)
+    _name_column(grid)
+    grid.add_column(overflow="fold")
+    for layer in layers:
+        grid.add_row(escape(layer["layer"]), f"{len(layer[key])} of {layer['channels']}: {format_channels(layer[key])}")
+    console.print(title)
+    console.print(_keep_names(console, grid))
+
+
+def _name_column(table: Any) -> None:
+    """The layer name column: kept on one line while the table fits (see ``_keep_names``)."""
+    table.add_column("layer" if table.show_header else None, style="bold", no_wrap=True)
+
+
+def _text_column(table: Any, header: str) -> None:
+    """A column whose cells wrap (long channel lists fold), never splitting a word of its header."""
+    table.add_column(header, overflow="fold", min_width=max(len(word) for word in header.split()))
+
+
+def _keep_names(console: Any, table: Any) -> Any:
+    """``table``, its layer names folded onto more lines if they cannot all fit whole: wrapped, never cut short.
+
+    Rich narrows the columns that may wrap first, and cuts a ``no_wrap`` column only when that is not enough: the
+    names fit when the table's narrowest layout does (every other column either wraps or holds single words).
+    """
+    if _widths(console, table).minimum > console.width:
+        table.columns[0].no_wrap = False
+        table.columns[0].overflow = "fold"
+    return table
+
+
+def _widths(console: Any, table: Any) -> Any:
+    """The table's width range with unlimited room: ``maximum`` with nothing wrapped, ``minimum`` with every
+    wrapping column at its longest word."""
+    return console.measure(table, options=console.options.update_width(1_000_000))
 
 
 def _group(persistent: list[tuple[str, dict[str, Any]]]) -> dict[tuple, list[int]]:
@@ -315,6 +397,8 @@ def _spread(total: int, most: int) -> list[int]:
     """At most ``most`` indices of ``range(total)``, evenly spread, first and last included."""
     if total <= most:
         return list(range(total))
+    if most == 1:
+        return [total - 1]
     return sorted({round(i * (total - 1) / (most - 1)) for i in range(most)})
 
 
@@ -323,4 +407,5 @@ def _percent(value: float | None) -> str:
         return "-"
     if value == 0:
         return "[dim]0%[/dim]"
-    return f"[red]{100 * value:.1f}%[/red]" if value >= 0.5 else f"[yellow]{100 * value:.1f}%[/yellow]"
+    text = "100%" if value == 1 else f"{100 * value:.1f}%"
+    return f"[red]{text}[/red]" if value >= 0.5 else f"[yellow]{text}[/yellow]"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Iterable, Sequence
 
@@ -13,6 +12,8 @@ from torch import nn
 LayerSpec = type[nn.Module] | str
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _GLOB_CHARS = set("*?[")
+# Characters a user mistypes for one another because they look alike (a typo "features.O" means "features.0").
+_LOOKALIKES = {(a, b) for group in ("0Oo", "1lIi|", "2Zz", "5Ss", "8B") for a in group for b in group}
 
 
 def unwrap_compiled(model: nn.Module) -> nn.Module:
@@ -101,8 +102,43 @@ def select_layers(
 
 
 def _name_hint(wanted: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(wanted, names, n=5, cutoff=0.5)
+    close = _closest(wanted, names)
     if close:
         return f"Closest names: {', '.join(close)}."
     shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
     return f"Module names: {shown or '(none: the model has no submodules)'}."
+
+
+def _closest(wanted: str, names: list[str], n: int = 5) -> list[str]:
+    """Up to ``n`` names within an edit distance of half the longer string, nearest first.
+
+    Ties go to the name reached by look-alike substitutions (``O`` for ``0``, ``l`` for ``1``, ...), then to the
+    earlier name in ``names``: among ``features.0`` .. ``features.20``, ``features.O`` means ``features.0``.
+    """
+    close = []
+    for i, name in enumerate(names):
+        limit = max(len(wanted), len(name)) // 2
+        if abs(len(wanted) - len(name)) <= limit:  # the distance is at least the difference in length
+            distance, other = _distance(wanted, name)
+            if distance <= limit:
+                close.append((distance, other, i))
+    return [names[i] for *_, i in sorted(close)[:n]]
+
+
+def _distance(a: str, b: str) -> tuple[int, int]:
+    """Levenshtein distance from ``a`` to ``b``, and the fewest of its edits that are not look-alike substitutions.
+
+    One integer per cell, ``distance * k + other``, keeps the dynamic programme fast: ``other < k``.
+    """
+    k = len(a) + len(b) + 1
+    row = [j * (k + 1) for j in range(len(b) + 1)]
+    for i, ca in enumerate(a, 1):
+        previous, row = row, [i * (k + 1)]
+        for j, cb in enumerate(b, 1):
+            substitute = previous[j - 1] if ca == cb else previous[j - 1] + k + (not _lookalike(ca, cb))
+            row.append(min(substitute, previous[j] + k + 1, row[j - 1] + k + 1))
+    return divmod(row[-1], k)
+
+
+def _lookalike(a: str, b: str) -> bool:
+    return (a, b) in _LOOKALIKES or a.lower() == b.lower()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import pytest
 import torch
+import torchvision
+from conftest import make_trainer, tiny_loaders
 from torch import nn
 
-from fm_callback import FeatureMapProbe
+from fm_callback import FeatureMapCallback, FeatureMapProbe
 from fm_callback.select import select_layers
 
 
@@ -205,3 +208,66 @@ def test_no_conv_layer_and_no_layers_argument_says_to_pass_layers():
 def test_bad_layers_values(bad):
     with pytest.raises((ValueError, TypeError), match="layers"):
         FeatureMapProbe(ResLike(), layers=bad)
+
+
+@pytest.fixture(scope="module")
+def vgg11() -> nn.Module:
+    return torchvision.models.vgg11()  # features.0 .. features.20, classifier.0 .. classifier.6
+
+
+def hint(model: nn.Module, layers) -> str:
+    with pytest.raises(ValueError) as caught:
+        select_layers(model, layers)
+    return str(caught.value).split("Closest names: ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("typo", "first"),
+    [
+        ("features.O", "features.0"),  # letter O for digit zero
+        ("features.o", "features.0"),
+        ("features.l", "features.1"),  # letter l for digit one
+        ("features.I6", "features.16"),
+        ("features.2O", "features.20"),
+        ("feature.3", "features.3"),
+        ("classifier.S", "classifier.5"),
+    ],
+)
+def test_a_typo_suggests_the_look_alike_name_first(vgg11, typo, first):
+    assert hint(vgg11, typo).startswith(f"{first}, ")
+
+
+def test_suggestions_at_the_same_distance_come_in_model_order(vgg11):
+    assert hint(vgg11, "features.x") == "features.0, features.1, features.2, features.3, features.4."
+
+
+def test_a_name_without_its_wrapper_prefix_is_suggested(vgg11):
+    wrapped = nn.Sequential()
+    wrapped.add_module("model", vgg11)
+    assert hint(wrapped, "features.10").startswith("model.features.10, ")
+
+
+class VGGFeatures(pl.LightningModule):
+    """torchvision VGG-11's convolutional part, its names as in VGG (features.0 ..), with a small head."""
+
+    def __init__(self, vgg: nn.Module) -> None:
+        super().__init__()
+        self.features = vgg.features
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_a_typo_in_the_callbacks_layers_names_the_look_alike_at_fit(vgg11, tmp_path):
+    train, _ = tiny_loaders()
+    trainer = make_trainer(tmp_path, [FeatureMapCallback(layers=["features.3", "features.O"])], max_steps=1)
+    with pytest.raises(ValueError, match=r"no module named 'features\.O'\. Closest names: features\.0, features\.1, "):
+        trainer.fit(VGGFeatures(vgg11), train_dataloaders=train)

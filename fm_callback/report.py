@@ -49,17 +49,25 @@ def find_event_dirs(logdir: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
-def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The dead-filter records of one run (a directory of event files, or one file), one per step, by step."""
+def load_records(path: str | os.PathLike, prefix: str = "") -> list[dict[str, Any]]:
+    """The dead-filter records of one run (a directory of event files, or one file), one per step, by step;
+    those of the callback with ``prefix=`` when one was given."""
+    return _records_by_prefix(path).get(prefix, [])
+
+
+def _records_by_prefix(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
+    """Every callback's records in ``path``, keyed by its tag prefix (``""`` without one): two callbacks in one
+    Trainer write ``dead_state`` under their own prefixes, and their records must not merge by step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(path), size_guidance=SIZE_GUIDANCE)
     accumulator.Reload()
-    tags = accumulator.Tags().get("tensors", [])
-    by_step: dict[int, dict[str, Any]] = {}
-    for tag in (tb.DEAD_STATE, f"{tb.DEAD_STATE}/text_summary"):  # the second: written by a non-torch writer
-        if tag not in tags:
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    for tag in accumulator.Tags().get("tensors", []):
+        base = tag.removesuffix("/text_summary")  # written by a writer that is not torch's SummaryWriter
+        if base != tb.DEAD_STATE and not base.endswith(f"/{tb.DEAD_STATE}"):
             continue
+        by_step = found.setdefault(base[: -len(tb.DEAD_STATE)].rstrip("/"), {})
         for event in accumulator.Tensors(tag):
             try:
                 record = json.loads(event.tensor_proto.string_val[0].decode("utf-8"))
@@ -68,7 +76,7 @@ def load_records(path: str | os.PathLike) -> list[dict[str, Any]]:
             if isinstance(record, dict) and isinstance(record.get("layers"), dict):
                 record["step"] = event.step
                 by_step[event.step] = record  # a later write of the same step (a resumed run) wins
-    return [by_step[step] for step in sorted(by_step)]
+    return {prefix: [by_step[step] for step in sorted(by_step)] for prefix, by_step in sorted(found.items())}
 
 
 def load_runs(logdir: str | os.PathLike) -> list[Run]:
@@ -81,10 +89,12 @@ def load_runs(logdir: str | os.PathLike) -> list[Run]:
         raise ReportError(f"no TensorBoard event files under {str(root)!r}; is this the right log directory?")
     runs = []
     for path in dirs:
-        records = load_records(path)
-        if records:
-            name = "." if path == root else str(path.relative_to(root)) if root in path.parents else str(path)
-            runs.append(Run(name=name, path=str(path.resolve()), records=records))
+        name = "." if path == root else str(path.relative_to(root)) if root in path.parents else str(path)
+        for prefix, records in _records_by_prefix(path).items():
+            if records:
+                runs.append(
+                    Run(name=f"{name} [{prefix}]" if prefix else name, path=str(path.resolve()), records=records)
+                )
     if not runs:
         raise ReportError(
             f"{len(dirs)} run(s) with event files under {str(root)!r}, but none holds fm_callback data "
@@ -116,7 +126,7 @@ def summarize(run: Run) -> dict[str, Any]:
                 "dead_fraction": fractions,
                 "dead": now["dead"] if now else [],
                 "persistent": now["persistent"] if now else [],
-                # alive, but a ReLU that follows would silence them
+                # still varying and not silenced: no ReLU right after (logits), or a BatchNorm shifts it first
                 "never_positive_alive": sorted(set(now["never_positive"]) - set(now["dead"])) if now else [],
             }
         )
@@ -315,7 +325,7 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
 
     never = [layer for layer in summary["layers"] if layer["never_positive_alive"]]
     if never:
-        title = "Never positive at the last event (alive, but a ReLU right after would silence them):"
+        title = "Never positive at the last event, not dead (no ReLU silences them: logits, or a BatchNorm first):"
         _print_channels(console, title, never, "never_positive_alive")
     console.print()
 

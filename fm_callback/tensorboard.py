@@ -176,10 +176,10 @@ def write_json(writer: Any, tag: str, obj: Any, step: int) -> None:
 
 
 def write_timeline(writer: Any, history: list[dict[str, Any]], step: int, prefix: str = "") -> None:
-    """The end-of-fit picture: layers x events, dead fraction as colour."""
-    from .report import timeline_figure
+    """The end-of-fit picture: layers x events, dead share in percent as colour (rendered without pyplot)."""
+    from .report import timeline_image
 
-    writer.add_figure(tag(prefix, DEAD_TIMELINE), timeline_figure(history), step)
+    writer.add_image(tag(prefix, DEAD_TIMELINE), timeline_image(history), step, dataformats="HWC")
 
 
 def write_in_background(device: Any) -> bool:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from fm_callback import FeatureMapCallback, FeatureMapProbe
 from fm_callback import tensorboard as tb
+from fm_callback.report import load_runs
 from fm_callback.stats import channel_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -360,6 +361,10 @@ def test_two_callbacks_with_prefixes_stay_apart(tmp_path):
     assert not [tag for tag in events.tags("scalars") if tag.startswith(("dead_filters", "dying_filters"))]
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
     assert {a.state_key, b.state_key} <= set(saved)
+    # fm-callback report shows each callback's records as a run of its own, not merged by step
+    runs = load_runs(tmp_path)
+    assert sorted(run.name for run in runs) == ["tb/version_0 [a]", "tb/version_0 [b]"]
+    assert all([r["step"] for r in run.records] == [0, 4] for run in runs)
 
 
 @pytest.mark.parametrize(

@@ -264,8 +264,9 @@ def test_layer_names_are_never_cut(long_names, columns: int, how: str, capsys, m
     else:
         assert steps == list(range(9)) and "events shown" not in long
     dead = "net.backbone.stage_one.depthwise_separable_conv"
-    assert re.search(rf"Dead at the last event \(step 8, epoch 0\):\n  {re.escape(dead)} +1 of 8: 2\n", long)
-    assert joined_rows(long, "Persistently dead channels") == [[dead, "2", "epoch 0 (step 0)", "9"]]
+    # the planted filter; the plain conv -> F.relu stages silence a few more channels of random images
+    assert re.search(rf"Dead at the last event \(step 8, epoch 0\):\n  {re.escape(dead)} +1 of 8: 2 *\n", long)
+    assert [dead, "2", "epoch 0 (step 0)", "9"] in joined_rows(long, "Persistently dead channels")
 
 
 def test_names_too_long_for_the_terminal_wrap_whole(long_names, capsys, monkeypatch) -> None:
@@ -277,7 +278,8 @@ def test_names_too_long_for_the_terminal_wrap_whole(long_names, capsys, monkeypa
     assert folded == layers["long/version_0"]
     assert event_steps(out) == [8] and "1 of 9 events shown" in " ".join(out.split())  # the caption wraps too
     folded = [row[0].replace(" ", "") for row in joined_rows(out, "Persistently dead channels")]
-    assert folded == ["net.backbone.stage_one.depthwise_separable_conv"]
+    # the planted filter, and channels the plain conv -> F.relu stages silence: each name whole
+    assert "net.backbone.stage_one.depthwise_separable_conv" in folded and set(folded) <= set(layers["long/version_0"])
 
 
 # ---- the timeline picture ---------------------------------------------------------------------------------

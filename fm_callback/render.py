@@ -177,7 +177,7 @@ def _font(digit: int) -> tuple[ImageFont.FreeTypeFont, int]:
         top, bottom = font.getbbox("0123456789", stroke_width=stroke)[1::2]
         if bottom - top >= digit:
             return font, stroke
-    return font, stroke
+    return font, stroke  # a Pillow built without FreeType ignores the size: its one bitmap font
 
 
 def _margin(digit: int) -> int:
@@ -204,7 +204,7 @@ def band_layout(channels: int, widest: int, tile_width: int, body_height: int) -
     TensorBoard's card shows a grid ``CARD_WIDTH`` px wide, however wide it is: one band of 16 columns of
     96 px tiles is shrunk 4.5 times, its maps to 21 px and its numbers with them. Wrapping the columns into
     bands, each under its own header, shrinks it less; the number of bands is the one that makes the grid
-    closest to square, which gives the maps the most of the card without making the card taller than wide.
+    closest to square, which gives the maps the most of the card without making the card much taller than wide.
     Digits are as tall as that grid's width asks (:func:`digit_height`), but never wider than a tile when the
     widest label has ``widest`` digits.
     """

@@ -11,7 +11,8 @@ Trains, on the CPU (a few minutes), into one logdir:
 then starts TensorBoard through ``fm_callback.view.TensorBoardServer`` (what ``fm-callback view`` runs) and
 saves with headless Chromium (Debian's ``chromium``) into docs/:
 
-- ``images_tab.png``: Images, filtered to ``feature_maps/`` of the demo run: one card per layer;
+- ``images_tab.png``: Images, filtered to ``feature_maps/`` of the demo run, in a 1600 px window (the width
+  the grids' channel numbers are sized for): the first row of cards, one per layer;
 - ``overlays_tab.png``: Images, ``feature_maps_overlay/`` and ``probe/input`` of the demo run;
 - ``scalars_tab.png``: Scalars, ``dead_filters/`` of the two ReLU runs side by side.
 """
@@ -31,7 +32,7 @@ from fm_callback.view import TensorBoardServer, dashboard_url, screenshot  # noq
 DOCS = ROOT / "docs"
 PAGES = [
     # (file, dashboard, window width, window height, settings the page keeps in its address)
-    ("images_tab.png", "images", 1150, 640, {"tagFilter": "^feature_maps/", "regexInput": "^shapes/"}),
+    ("images_tab.png", "images", 1600, 700, {"tagFilter": "^feature_maps/", "regexInput": "^shapes/"}),
     (
         "overlays_tab.png",
         "images",

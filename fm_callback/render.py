@@ -1,10 +1,10 @@
 """Feature maps -> readable uint8 RGB grids, as pure tensor functions on the activation's device.
 
-Shapes are plain: a grid is ``uint8 [3, H, W]``. Rows are probe samples, columns are channels; a
-header strip above each column names the channel index, drawn with a tiny built-in bitmap font so
-no font file or image library is needed per event. Each channel is min-max normalised on its own
-over the shown samples, so a weak channel is as visible as a strong one; a constant channel renders
-as the colormap's lowest colour and a NaN/Inf value as magenta.
+Shapes are plain: a grid is ``uint8 [3, H, W]``. Rows are probe samples, columns are channels; the
+columns wrap into bands (see :func:`band_layout`) and a header above each band names the channel of
+each column, drawn once per layer with Pillow's built-in font. Each channel is min-max normalised on
+its own over the shown samples, so a weak channel is as visible as a strong one; a constant channel
+renders as the colormap's lowest colour and a NaN/Inf value as magenta.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import functools
 import math
 import weakref
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 from .stats import block_values
 
@@ -25,19 +27,14 @@ MIN_TILE = 32
 MAX_TILE = 96
 STRIP_HEIGHT = 8
 
-# 3x5 bitmap digits for the channel-index header.
-_DIGITS = [
-    "111101101101111",
-    "010110010010111",
-    "111001111100111",
-    "111001111001111",
-    "101101111001001",
-    "111100111001111",
-    "111100111101111",
-    "111001001001001",
-    "111101111101111",
-    "111101111001111",
-]
+HEADER_INK = 230  # grey of the channel numbers on the BACKGROUND of the header
+# TensorBoard's Images dashboard shows every image 350 CSS px wide whatever its size or the window's
+# (tf-image-loader: ``:host {width: 350px}``, ``img {width: 100%; image-rendering: pixelated}``). Measured
+# in TensorBoard 2.21 with headless Chromium at window widths 1150, 1600 and 1920 px: the <img> of every
+# card had clientWidth 350 for naturalWidth 200 to 1600 (tests/test_browser.py measures it again).
+CARD_WIDTH = 350
+SCREEN_DIGIT = 8  # digit height the header aims at on screen in that card (7 px is the least that reads)
+MIN_DIGIT = 9  # digit height in the PNG itself, for "Show actual image size" and snapshot files
 
 
 def colormap_lut(cmap: str = "viridis") -> torch.Tensor:
@@ -162,45 +159,106 @@ def render_feature_grid(
     return tile(colorize(norm, lut, nonfinite))
 
 
-def _digit_strip(number: int, scale: int) -> torch.Tensor:
-    """A bool ``[5*scale, width]`` bitmap of a non-negative integer."""
-    glyphs = [torch.tensor([int(b) for b in _DIGITS[int(d)]], dtype=torch.bool).reshape(5, 3) for d in str(number)]
-    spaced = []
-    for i, glyph in enumerate(glyphs):
-        spaced.append(glyph)
-        if i < len(glyphs) - 1:
-            spaced.append(torch.zeros(5, 1, dtype=torch.bool))
-    bitmap = torch.cat(spaced, dim=1)
-    return bitmap.repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)
+def digit_height(width: int) -> int:
+    """Digit height in pixels of the header of a grid ``width`` px wide: SCREEN_DIGIT once the card scales it."""
+    return max(MIN_DIGIT, math.ceil(SCREEN_DIGIT * width / CARD_WIDTH))
 
 
-def channel_header(channels: list[int], tile_width: int, pad: int = PAD) -> torch.Tensor:
-    """``uint8 [3, h, W]``: each channel index written above its column of a grid from :func:`tile`."""
-    return _channel_header(tuple(channels), tile_width, pad).clone()
+@functools.lru_cache(maxsize=64)
+def _font(digit: int) -> tuple[ImageFont.FreeTypeFont, int]:
+    """Pillow's default font at the smallest size whose digits are ``digit`` px tall, and its stroke width.
+
+    Large digits are shrunk on screen, and TensorBoard shrinks without smoothing: a stroke (bold) keeps each
+    line of a digit about a pixel wide on screen.
+    """
+    stroke = digit // 14
+    for size in range(digit, 4 * digit):
+        font = ImageFont.load_default(size=size)
+        top, bottom = font.getbbox("0123456789", stroke_width=stroke)[1::2]
+        if bottom - top >= digit:
+            return font, stroke
+    return font, stroke  # a Pillow built without FreeType ignores the size: its one bitmap font
+
+
+def _margin(digit: int) -> int:
+    return max(PAD + 1, digit // 4)
+
+
+def header_height(digit: int) -> int:
+    """Height of a header whose digits are ``digit`` px tall: the digits and a margin above and below."""
+    font, stroke = _font(digit)
+    top, bottom = font.getbbox("0123456789", stroke_width=stroke)[1::2]
+    return bottom - top + 2 * _margin(digit)
+
+
+def _label_width(digits: int, digit: int) -> int:
+    """Width in pixels of a ``digits``-digit channel number ``digit`` px tall."""
+    font, stroke = _font(digit)
+    return math.ceil(font.getlength("0" * digits)) + 2 * stroke
+
+
+@functools.lru_cache(maxsize=1024)
+def band_layout(channels: int, widest: int, tile_width: int, body_height: int) -> tuple[int, int]:
+    """``(columns per band, digit height)`` for ``channels`` columns of tiles ``tile_width`` px wide.
+
+    TensorBoard's card shows a grid ``CARD_WIDTH`` px wide, however wide it is: one band of 16 columns of
+    96 px tiles is shrunk 4.5 times, its maps to 21 px and its numbers with them. Wrapping the columns into
+    bands, each under its own header, shrinks it less; the number of bands is the one that makes the grid
+    closest to square, which gives the maps the most of the card without making the card much taller than wide.
+    Digits are as tall as that grid's width asks (:func:`digit_height`), but never wider than a tile when the
+    widest label has ``widest`` digits.
+    """
+    best = None
+    for bands in sorted({math.ceil(channels / cols) for cols in range(1, channels + 1)}):
+        cols = math.ceil(channels / bands)
+        width = cols * (tile_width + PAD) - PAD
+        digit = digit_height(width)
+        while digit > MIN_DIGIT and _label_width(widest, digit) > tile_width:
+            digit -= 1
+        height = bands * (header_height(digit) + body_height)
+        score = abs(math.log(height / width))
+        if best is None or score < best[0]:
+            best = (score, cols, digit)
+    return best[1], best[2]
 
 
 @functools.lru_cache(maxsize=256)
-def _channel_header(channels: tuple[int, ...], tile_width: int, pad: int) -> torch.Tensor:
-    # Cached: the shown channels are pinned, so every event of a run draws the same headers (~1 ms each).
-    widest = max(len(str(c)) for c in channels)
-    scale = 2 if widest * 8 <= tile_width else 1
-    height = 5 * scale + 2 * pad + 2
-    width = len(channels) * (tile_width + pad) - pad
-    header = torch.full((height, width), BACKGROUND, dtype=torch.uint8)
+def channel_header(channels: tuple[int, ...], tile_width: int, digit: int) -> torch.Tensor:
+    """``uint8 [3, h, W]``, read-only: each channel index, ``digit`` px tall, centred above its column of tiles.
+
+    Cached: the shown channels are pinned, so every event of a run draws the same headers.
+    """
+    font, stroke = _font(digit)
+    top = font.getbbox("0123456789", stroke_width=stroke)[1]
+    width = len(channels) * (tile_width + PAD) - PAD
+    image = Image.new("L", (width, header_height(digit)), BACKGROUND)
+    draw = ImageDraw.Draw(image)
     for col, channel in enumerate(channels):
-        bitmap = _digit_strip(channel, scale)[:, :tile_width]
-        left = col * (tile_width + pad) + (tile_width - bitmap.shape[1]) // 2
-        top = pad + 1
-        region = header[top : top + bitmap.shape[0], left : left + bitmap.shape[1]]
-        region[bitmap] = 230
-    return header.unsqueeze(0).expand(3, -1, -1).clone()
+        centre = col * (tile_width + PAD) + tile_width / 2
+        draw.text((centre, _margin(digit) - top), str(channel), HEADER_INK, font, "ma", stroke_width=stroke)
+    return torch.from_numpy(np.asarray(image).copy()).expand(3, -1, -1)
 
 
 def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
-    """A CPU grid from :func:`render_feature_grid` with the channel-index header on top."""
-    width = grid.shape[2]
+    """A CPU grid from :func:`render_feature_grid`, its columns wrapped into bands, a header above each band.
+
+    Band after band from the top, each shows the same rows (samples) for the next columns (channels) in
+    order; the last band may be narrower, padded with background on the right.
+    """
+    body_height, width = grid.shape[1:]
     tile_width = (width + PAD) // len(channels) - PAD
-    return torch.cat([channel_header(channels, tile_width), grid], dim=1)
+    cols, digit = band_layout(len(channels), len(str(max(channels))), tile_width, body_height)
+    band_height = header_height(digit) + body_height
+    bands = math.ceil(len(channels) / cols)
+    out = torch.full((3, bands * band_height, cols * (tile_width + PAD) - PAD), BACKGROUND, dtype=torch.uint8)
+    for band in range(bands):
+        shown = channels[band * cols : (band + 1) * cols]
+        left, right = band * cols * (tile_width + PAD), (band * cols + len(shown)) * (tile_width + PAD) - PAD
+        header = channel_header(tuple(shown), tile_width, digit)
+        top = band * band_height
+        out[:, top : top + header.shape[1], : right - left] = header
+        out[:, top + header.shape[1] : top + band_height, : right - left] = grid[:, :, left:right]
+    return out
 
 
 def input_images(

@@ -93,10 +93,11 @@ def test_conv1d_renders_as_strips():
     report = result["2"]
     assert report.shape == (3, 6, 98)
     _assert_report_is_sound("conv1d", report, True)
-    # One strip per (sample, channel): 3 rows of 8-px strips, 6 columns of 98 px, 2-px gaps, plus the header.
+    # One strip per (sample, channel): 3 rows of 8-px strips, 6 columns of 98 px, 2-px gaps, plus the header;
+    # the columns wrap into 3 bands of 2, each under its header: the squarest grid.
     body = render.render_feature_grid(torch.randn(3, 6, 98), torch.arange(6), 4, probe_lut())
     assert body.shape == (3, 3 * render.STRIP_HEIGHT + 2 * render.PAD, 6 * 98 + 5 * render.PAD)
-    assert report.grid.shape[2] == body.shape[2] and report.grid.shape[2] > 5 * report.grid.shape[1]
+    assert report.grid.shape[2] == 2 * 98 + render.PAD and report.grid.shape[1] > 3 * body.shape[1]
     assert result.input_image is None  # a signal, not an image: no probe/input picture
 
 

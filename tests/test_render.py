@@ -1,8 +1,10 @@
-"""Grids: uint8 RGB [3, H, W]; a row per probe sample, a column per channel, a header naming the channels.
+"""Grids: uint8 RGB [3, H, W]; a row per probe sample, a column per channel, wrapped into bands of columns,
+each band under a header naming its channels.
 
 Sizes are worked out from render's constants; the pixels of a tile are checked against the captured
-activation, normalised per channel and colour-mapped by matplotlib directly; the PNG in the event file
-decodes to the same picture.
+activation, normalised per channel and colour-mapped by matplotlib directly; the channel numbers against
+Pillow's drawing of them, and their height against the width TensorBoard's Images card shows the grid at;
+the PNG in the event file decodes to the same picture.
 """
 
 from __future__ import annotations
@@ -10,33 +12,75 @@ from __future__ import annotations
 import copy
 import io
 import math
+from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
 from conftest import TinyCNN, make_trainer, read_events, tiny_loaders
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import nn
 
 from fm_callback import FeatureMapCallback, FeatureMapProbe
 from fm_callback import render as R
 
-HEADER_INK = 230  # the grey of the header digits
+INK = (R.BACKGROUND + R.HEADER_INK) // 2  # a header pixel brighter than this is part of a digit
 
 
-def tile_side(side: int) -> int:
-    """How many pixels a map of ``side`` x ``side`` takes in the grid."""
-    if side > R.MAX_TILE:
-        return R.MAX_TILE
+def tile_side(side: int, longest: int = R.MAX_TILE) -> int:
+    """Pixels a map of ``side`` x ``side`` takes in the grid (a 1-D map of length ``side``: ``longest=2*MAX_TILE``)."""
+    if side > longest:
+        return longest
     if side < R.MIN_TILE:
         return side * math.ceil(R.MIN_TILE / side)
     return side
 
 
-def header_height(channels: list[int], tile: int) -> int:
-    scale = 2 if max(len(str(c)) for c in channels) * 8 <= tile else 1
-    return 5 * scale + 2 * R.PAD + 2
+@dataclass
+class Layout:
+    """Where things are in a banded grid, read off its size and the tile size."""
+
+    channels: int  # columns in all
+    cols: int  # columns per band
+    tile_w: int
+    tile_h: int
+    rows: int  # samples
+    band_h: int  # header and rows of tiles
+    head: int  # header height
+
+    @classmethod
+    def of(cls, grid: torch.Tensor, channels: int, rows: int, tile_w: int, tile_h: int | None = None) -> Layout:
+        tile_h = tile_w if tile_h is None else tile_h
+        cols = (grid.shape[2] + R.PAD) // (tile_w + R.PAD)
+        assert grid.shape[2] == cols * (tile_w + R.PAD) - R.PAD, "the grid is not a whole number of columns"
+        bands = math.ceil(channels / cols)
+        assert grid.shape[1] % bands == 0, "the bands differ in height"
+        band_h = grid.shape[1] // bands
+        return cls(channels, cols, tile_w, tile_h, rows, band_h, band_h - (rows * (tile_h + R.PAD) - R.PAD))
+
+    @property
+    def bands(self) -> int:
+        return math.ceil(self.channels / self.cols)
+
+    def tile(self, col: int, row: int) -> tuple[int, int]:
+        """(top, left) of the tile of grid column ``col`` (the col-th shown channel) and sample ``row``."""
+        band, col = divmod(col, self.cols)
+        return band * self.band_h + self.head + row * (self.tile_h + R.PAD), col * (self.tile_w + R.PAD)
+
+    def header(self, grid: torch.Tensor, col: int) -> torch.Tensor:
+        """The header pixels above grid column ``col``: ``uint8 [3, head, tile_w]``."""
+        band, col = divmod(col, self.cols)
+        left = col * (self.tile_w + R.PAD)
+        return grid[:, band * self.band_h : band * self.band_h + self.head, left : left + self.tile_w]
+
+
+def ink_box(pixels: torch.Tensor) -> tuple[slice, slice]:
+    """Rows and columns of the digits' bounding box in header pixels ``[3, h, w]`` (or ``[h, w]``)."""
+    ink = (pixels if pixels.dim() == 2 else pixels[0]) > INK
+    rows, cols = ink.any(dim=1).nonzero().flatten(), ink.any(dim=0).nonzero().flatten()
+    assert len(rows) and len(cols), "no channel number"
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def conv_probe(c_out: int, side: int, n: int, dims: int = 2, **options) -> tuple[FeatureMapProbe, torch.Tensor]:
@@ -54,24 +98,43 @@ def captured(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    ("c_out", "side", "n", "max_channels", "max_samples"),
+    ("c_out", "side", "n", "max_channels", "max_samples", "cols"),
     [
-        (20, 8, 6, 16, 4),  # more channels and samples than shown; an 8x8 map is upscaled
-        (5, 7, 3, 16, 4),  # fewer channels and samples than the limits; a 7x7 map is made visible
-        (12, 40, 2, 3, 1),  # a mid-size map kept as it is
-        (3, 100, 2, 8, 8),  # a large map is shrunk to MAX_TILE
+        (20, 8, 6, 16, 4, 8),  # more channels and samples than shown; 8x8 maps upscaled; 2 bands of 8
+        (5, 7, 3, 16, 4, 5),  # fewer channels and samples than the limits; a 7x7 map is made visible; 1 band
+        (12, 40, 2, 3, 1, 2),  # a mid-size map kept as it is; one row: 2 bands (2 + 1 columns) are squarer
+        (3, 100, 2, 8, 8, 3),  # a large map is shrunk to MAX_TILE; 8 rows: 1 band
+        (64, 224, 4, 16, 4, 8),  # the first conv of a 224 px network: 2 bands of 8 instead of 16 columns
     ],
 )
-def test_grid_layout_and_size(c_out, side, n, max_channels, max_samples):
+def test_grid_layout_and_size(c_out, side, n, max_channels, max_samples, cols):
+    """Columns wrap into the bands that make the grid closest to square; every band is a header and all rows."""
     probe, x = conv_probe(c_out, side, n, max_channels=max_channels, max_samples=max_samples)
     rep = probe.run(x)["0"]
-    rows, cols, tile = min(max_samples, n), min(max_channels, c_out), tile_side(side)
+    rows, shown, tile = min(max_samples, n), min(max_channels, c_out), tile_side(side)
     assert tile >= min(side, R.MIN_TILE) and tile <= R.MAX_TILE
     assert rep.grid.dtype == torch.uint8 and rep.grid.device.type == "cpu"
-    assert len(rep.channels) == cols and len(set(rep.channels)) == cols
-    height = header_height(rep.channels, tile) + rows * (tile + R.PAD) - R.PAD
-    width = cols * (tile + R.PAD) - R.PAD
-    assert tuple(rep.grid.shape) == (3, height, width)
+    assert len(rep.channels) == shown and len(set(rep.channels)) == shown
+    assert rep.grid.shape[2] == cols * (tile + R.PAD) - R.PAD
+    layout = Layout.of(rep.grid, shown, rows, tile)
+    assert layout.cols == cols and R.MIN_DIGIT < layout.head < tile
+    height, width = rep.grid.shape[1:]
+    for fewer_bands in range(1, layout.bands):  # closer to square than a layout with fewer, wider bands
+        wide = math.ceil(shown / fewer_bands) * (tile + R.PAD) - R.PAD
+        assert abs(math.log(height / width)) < abs(math.log(fewer_bands * layout.band_h / wide))
+    for band in range(layout.bands):  # headers are grey digits on the background, the pad right of them too
+        header = rep.grid[:, band * layout.band_h : band * layout.band_h + layout.head]
+        assert (header[0] == header[1]).all() and (header[0] == header[2]).all()
+        assert header.min() == R.BACKGROUND and INK < header.max() <= R.HEADER_INK
+    right = (shown - (layout.bands - 1) * cols) * (tile + R.PAD)  # a shorter last band is padded on the right
+    assert (rep.grid[:, (layout.bands - 1) * layout.band_h :, right:] == R.BACKGROUND).all()
+    want = R.render_feature_grid(captured(probe.model, x), torch.tensor(rep.channels), max_samples, probe.lut)
+    for col in range(shown):  # the tiles are the picture without header, column after column
+        top, left = layout.tile(col, 0)
+        body_left = col * (tile + R.PAD)
+        assert torch.equal(
+            rep.grid[:, top : top + want.shape[1], left : left + tile], want[:, :, body_left : body_left + tile]
+        )
 
 
 @pytest.mark.parametrize(("dims", "side", "tile_hw"), [(1, 10, (R.STRIP_HEIGHT, 40)), (3, 6, (36, 36))])
@@ -79,8 +142,9 @@ def test_1d_maps_are_strips_and_3d_maps_show_a_slice(dims, side, tile_hw):
     probe, x = conv_probe(4, side, 2, dims=dims, max_samples=4)
     rep = probe.run(x)["0"]
     h, w = tile_hw
-    head = header_height(rep.channels, w)
-    assert tuple(rep.grid.shape) == (3, head + 2 * (h + R.PAD) - R.PAD, 4 * (w + R.PAD) - R.PAD)
+    layout = Layout.of(rep.grid, 4, 2, w, h)
+    assert rep.grid.shape[2] == layout.cols * (w + R.PAD) - R.PAD
+    assert rep.grid.shape[1] == layout.bands * (layout.head + 2 * (h + R.PAD) - R.PAD)
 
 
 def test_layer_without_spatial_layout_has_stats_but_no_grid():
@@ -90,28 +154,34 @@ def test_layer_without_spatial_layout_has_stats_but_no_grid():
     assert result["2"].grid is None and result["2"].channel_mean.shape == (5,)
 
 
-def header_glyph(grid: torch.Tensor, col: int, tile: int, head: int) -> torch.Tensor:
-    """The bright pixels above column ``col``, cropped to their bounding box."""
-    left = col * (tile + R.PAD)
-    ink = (grid[:, :head, left : left + tile] == HEADER_INK).all(dim=0)
-    rows, cols = ink.any(dim=1).nonzero().flatten(), ink.any(dim=0).nonzero().flatten()
-    assert len(rows) and len(cols), f"no channel index above column {col}"
-    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+def drawn(number: int, tile: int, digit: int) -> torch.Tensor:
+    """Pillow's default font writing ``number`` centred in a ``tile``-wide column: its ink, cropped."""
+    font, stroke = R._font(digit)
+    image = Image.new("L", (tile, 4 * digit), R.BACKGROUND)
+    ImageDraw.Draw(image).text((tile / 2, digit), str(number), R.HEADER_INK, font, "ma", stroke_width=stroke)
+    ink = torch.from_numpy(np.asarray(image).copy())
+    rows, cols = ink_box(ink)
+    return ink[rows, cols] > INK
 
 
-@pytest.mark.parametrize(("c_out", "side"), [(20, 8), (120, 8)])
+@pytest.mark.parametrize(("c_out", "side"), [(20, 8), (120, 8), (128, 56)])
 def test_header_names_each_columns_channel(c_out, side):
     probe, x = conv_probe(c_out, side, 2, max_channels=12)
     rep = probe.run(x)["0"]
     tile = tile_side(side)
-    head = header_height(rep.channels, tile)
-    scale = 2 if max(len(str(c)) for c in rep.channels) * 8 <= tile else 1
+    layout = Layout.of(rep.grid, 12, 2, tile)
+    cols, digit = R.band_layout(12, len(str(max(rep.channels))), tile, 2 * (tile + R.PAD) - R.PAD)
+    assert cols == layout.cols
     assert max(rep.channels) >= 10  # multi-digit indices are shown too
     for col, channel in enumerate(rep.channels):
-        assert torch.equal(header_glyph(rep.grid, col, tile, head), R._digit_strip(channel, scale)), (col, channel)
+        header = layout.header(rep.grid, col)
+        rows, cols = ink_box(header)
+        assert torch.equal(header[0, rows, cols] > INK, drawn(channel, tile, digit)), (col, channel)
+        # centred in its column, clear of the tiles above and below
+        assert abs((cols.start + cols.stop) / 2 - tile / 2) <= 1 and rows.start >= 2 and rows.stop <= layout.head - 2
     # the header ends in a background margin and the first row of tiles starts right below it
-    assert (rep.grid[:, head - R.PAD : head] == R.BACKGROUND).all()
-    assert not (rep.grid[:, head, :tile] == R.BACKGROUND).all()
+    assert (rep.grid[:, layout.head - R.PAD : layout.head] == R.BACKGROUND).all()
+    assert not (rep.grid[:, layout.head, :tile] == R.BACKGROUND).all()
 
 
 @pytest.mark.parametrize(("order", "cmap"), [("std", "viridis"), ("index", "magma")])
@@ -131,7 +201,7 @@ def test_tiles_show_each_channel_normalised_on_its_own(order, cmap):
         assert rep.channels == list(range(6))
     tile = tile_side(side)
     factor = tile // side
-    head = header_height(rep.channels, tile)
+    layout = Layout.of(rep.grid, 6, max_samples, tile)
     lut = matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]
     grid = rep.grid.permute(1, 2, 0).numpy().astype(int)
     for col, channel in enumerate(rep.channels):
@@ -142,7 +212,7 @@ def test_tiles_show_each_channel_normalised_on_its_own(order, cmap):
             want_idx = (norm[row] * 255).round().long()
             want_idx = want_idx.repeat_interleave(factor, 0).repeat_interleave(factor, 1).numpy()
             want = np.round(lut[want_idx] * 255).astype(int)
-            top, left = head + row * (tile + R.PAD), col * (tile + R.PAD)
+            top, left = layout.tile(col, row)
             got = grid[top : top + tile, left : left + tile]
             # identical (float32 vs float64 could differ by one colour step at a rounding boundary)
             diff = np.abs(got - want).max(axis=2)
@@ -150,7 +220,49 @@ def test_tiles_show_each_channel_normalised_on_its_own(order, cmap):
             if channel == 1:  # constant: the colormap's lowest colour, no NaN artefacts
                 assert (got == np.round(lut[0] * 255).astype(int)).all()
     # tiles are separated by background padding
-    assert (rep.grid[:, head:, tile : tile + R.PAD] == R.BACKGROUND).all()
+    assert (rep.grid[:, layout.head :, tile : tile + R.PAD] == R.BACKGROUND).all()
+
+
+# Default grids (max_channels=16, max_samples=4) of real layers: (channels, output size, conv dims).
+REAL_LAYERS = [
+    (64, 224, 2),  # VGG/ResNet on 224 px: the first convs, tiles shrunk to MAX_TILE
+    (64, 112, 2),
+    (128, 56, 2),
+    (256, 28, 2),
+    (512, 14, 2),
+    (512, 7, 2),  # the last ResNet block: 7x7 maps enlarged to 35 px, three-digit channel numbers
+    (16, 64, 2),  # the demo (examples/shapes.py, 64 px inputs): features.0, .4, .8, .12
+    (32, 32, 2),
+    (64, 16, 2),
+    (64, 8, 2),
+    (3, 224, 2),  # few channels
+    (1, 7, 2),
+    (64, 1000, 1),  # 1-D: strips, the long ones shrunk to 2 * MAX_TILE
+    (32, 10, 1),
+    (16, 8, 3),  # 3-D: the middle slice
+]
+
+
+@pytest.mark.parametrize(("c_out", "side", "dims"), REAL_LAYERS)
+def test_channel_numbers_are_legible_in_tensorboards_card(c_out, side, dims):
+    """At least 7 px on screen: TensorBoard's Images card shows a grid R.CARD_WIDTH px wide (measured there, see
+    render.py and tests/test_browser.py), so a digit's height on screen is its height in the grid times
+    CARD_WIDTH / grid width, in every band of every default grid."""
+    probe, x = conv_probe(c_out, side, 4, dims=dims)
+    grid = probe.run(x)["0"].grid
+    shown = min(16, c_out)
+    tile_w = tile_side(side) if dims > 1 else tile_side(side, 2 * R.MAX_TILE)
+    tile_h = tile_side(side) if dims > 1 else R.STRIP_HEIGHT
+    layout = Layout.of(grid, shown, 4, tile_w, tile_h)
+    on_screen = R.CARD_WIDTH / grid.shape[2]
+    for col in range(shown):
+        rows, cols = ink_box(layout.header(grid, col))
+        height = rows.stop - rows.start
+        assert height * on_screen >= 7, f"column {col}: digits {height} px tall, {height * on_screen:.1f} px on screen"
+        assert height >= 8, "too small at actual size"
+        assert cols.start > 0 and cols.stop < tile_w, "the number spills out of its column"
+    # and the maps get more of the card than in one band of 16 columns
+    assert grid.shape[2] <= max(R.CARD_WIDTH, 8 * (tile_w + R.PAD))
 
 
 def test_png_in_the_event_file_decodes_to_the_grid(tmp_path):

@@ -94,9 +94,10 @@ def test_snapshot_writes_grids_overlays_input_and_stats(files, tmp_path, capsys)
         assert record["overlay"] == f"feature_maps_overlay/{name}.png"
         assert overlay.shape[0] < overlay.shape[1]  # one row of the 2 images
         assert len(record["shown_channels"]) == 16
-    # conv1 grid: 2 rows (images) x 16 columns of tiles (112 px maps shrunk to MAX_TILE), plus the header
+    # conv1 grid: 2 rows (images) x 16 columns of tiles (112 px maps shrunk to MAX_TILE), wrapped into 3 bands
+    # of 6, 6 and 4 columns (the squarest grid), each under its header
     grid = png(out / "feature_maps" / "conv1.png")
-    assert grid.shape[1] == 16 * MAX_TILE + 15 * PAD and grid.shape[0] > 2 * MAX_TILE
+    assert grid.shape[1] == 6 * MAX_TILE + 5 * PAD and grid.shape[0] > 3 * 2 * MAX_TILE
 
     # input.png shows the photo as a person sees it (denormalised), not min-max stretched
     shown = png(out / "input.png")[:, :MAX_TILE].astype(float)  # first tile: the JPEG, 224 px shrunk
@@ -115,7 +116,7 @@ def test_snapshot_layers_and_channels_options(files, tmp_path):
     assert list(stats["layers"]) == ["conv1", "layer1.0.conv1", "layer1.1.conv1"]
     assert sorted(p.name for p in (out / "feature_maps").iterdir()) == [f"{n}.png" for n in stats["layers"]]
     assert all(len(r["shown_channels"]) == 4 for r in stats["layers"].values())
-    assert png(out / "feature_maps" / "conv1.png").shape[1] == 4 * MAX_TILE + 3 * PAD
+    assert png(out / "feature_maps" / "conv1.png").shape[1] == 2 * MAX_TILE + PAD  # one image: 2 bands of 2 columns
 
 
 def test_default_weights_come_from_torchvisions_cache_with_their_own_transforms(files, tmp_path):

@@ -2,11 +2,11 @@
 
     .venv/bin/python docs/make_screenshots.py [--keep runs/docs [--no-train]] [--quick]
 
-Trains, on the CPU (a few minutes), into one logdir:
+Trains, on the CPU, into one logdir, ``examples/demo.py`` exactly as the README runs it (default
+FeatureMapCallback), twice:
 
-- ``shapes``: ``examples/demo.py`` exactly as the README runs it (default FeatureMapCallback, conv layers);
-- ``relu_lr0.003`` and ``relu_lr0.1``: ``examples/cli.py`` with ``configs/demo.yaml``, watching the ReLU
-  layers, at the demo's learning rate and at one too high for it, where ReLU channels die;
+- ``shapes``: at the demo's learning rate, a healthy run;
+- ``lr0.1/shapes``: with ``--lr 0.1``, a learning rate too high for it, where ReLU channels die;
 
 then starts TensorBoard through ``fm_callback.view.TensorBoardServer`` (what ``fm-callback view`` runs) and
 saves with headless Chromium (Debian's ``chromium``) into docs/:
@@ -14,7 +14,7 @@ saves with headless Chromium (Debian's ``chromium``) into docs/:
 - ``images_tab.png``: Images, filtered to ``feature_maps/`` of the demo run, in a 1600 px window (the width
   the grids' channel numbers are sized for): the first row of cards, one per layer;
 - ``overlays_tab.png``: Images, ``feature_maps_overlay/`` and ``probe/input`` of the demo run;
-- ``scalars_tab.png``: Scalars, ``dead_filters/`` of the two ReLU runs side by side.
+- ``scalars_tab.png``: Scalars, ``dead_filters/`` of the two runs side by side.
 """
 
 from __future__ import annotations
@@ -45,7 +45,11 @@ PAGES = [
         "scalars",
         1150,
         760,
-        {"tagFilter": r"^dead_filters/(all|features\.(2|6|10|14))$", "regexInput": "^relu", "_smoothingWeight": 0},
+        {
+            "tagFilter": r"^dead_filters/(all|features\.(0|4|8|12))$",
+            "regexInput": r"^(shapes|lr0\.1/shapes)/",
+            "_smoothingWeight": 0,
+        },
     ),
 ]
 
@@ -56,27 +60,11 @@ def run(command: list[str]) -> None:
 
 
 def train(logdir: Path, quick: bool) -> None:
-    """The demo as users run it, and the two ReLU runs through LightningCLI."""
-    epochs, size = ("2", "256") if quick else ("6", "2000")
-    run([sys.executable, "examples/demo.py", "--epochs", epochs, "--train-size", size, "--logdir", str(logdir)])
-    for lr in ("0.003", "0.1"):
-        run(
-            [
-                sys.executable,
-                "examples/cli.py",
-                "fit",
-                "--config",
-                "configs/demo.yaml",
-                f"--model.lr={lr}",
-                "--trainer.max_epochs=" + ("2" if quick else "5"),
-                "--data.train_size=" + ("256" if quick else "1000"),
-                "--trainer.callbacks.init_args.layers=[torch.nn.ReLU]",
-                f"--trainer.logger.init_args.save_dir={logdir}",
-                f"--trainer.logger.init_args.name=relu_lr{lr}",
-                "--trainer.enable_checkpointing=false",
-                "--trainer.enable_progress_bar=false",
-            ]
-        )
+    """The demo as users run it, with default callback arguments: at its learning rate and at 0.1."""
+    epochs, size = ("2", "256") if quick else ("12", "3000")
+    demo = [sys.executable, "examples/demo.py", "--epochs", epochs, "--train-size", size]
+    run([*demo, "--logdir", str(logdir)])
+    run([*demo, "--lr", "0.1", "--logdir", str(logdir / "lr0.1")])
 
 
 def main(argv: list[str] | None = None) -> None:

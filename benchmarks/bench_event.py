@@ -238,9 +238,9 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def measure_times(v: Variants, repeats: int) -> tuple[dict[str, list[float]], int]:
+def measure_times(v: Variants, repeats: int, tutorial: bool = True) -> tuple[dict[str, list[float]], int]:
     """Seconds per run of each variant, interleaved (the order rotates each repeat); and event-file bytes/event."""
-    fns = {name: getattr(v, name) for name in VARIANTS}
+    fns = {name: getattr(v, name) for name in VARIANTS if tutorial or name != "tutorial"}
     for fn in fns.values():  # warm-up: first-call costs (allocator, oneDNN primitives, imports) are not timed
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -350,7 +350,7 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> di
     with tempfile.TemporaryDirectory() as tmp:
         v = Variants(model, x, Path(tmp))
         hooks_before = count_hooks(model)
-        times, bytes_per_event = measure_times(v, args.repeats)
+        times, bytes_per_event = measure_times(v, args.repeats, tutorial=not args.no_tutorial)
         hooks_left = count_hooks(model) - hooks_before
         extra = cuda_extra_memory(v) if device.type == "cuda" else None
         layers = len(v.layers)
@@ -369,7 +369,7 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> di
         "repeats": args.repeats,
         "seconds": times,
         "median_s": medians,
-        "ratio_to_bare": {k: medians[k] / medians["bare"] for k in VARIANTS},
+        "ratio_to_bare": {k: medians[k] / medians["bare"] for k in medians},
         "largest_activation_bytes": largest,
         "extra_peak_bytes": extra,
         "rss_rise_runs_bytes": rises,
@@ -401,8 +401,8 @@ def tables(results: list[dict[str, Any]]) -> str:
                 f"{ratio['event_stats']:.3f}",
                 f"{ms['event_tb'] * 1e3:.1f}",
                 f"{ratio['event_tb']:.3f}",
-                f"{ms['tutorial'] * 1e3:.1f}",
-                f"{ratio['tutorial']:.2f}",
+                f"{ms['tutorial'] * 1e3:.1f}" if "tutorial" in ms else "n/a",
+                f"{ratio['tutorial']:.2f}" if "tutorial" in ratio else "n/a",
             ]
         )
         largest, extra = r["largest_activation_bytes"], r["extra_peak_bytes"]
@@ -461,6 +461,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="memory subprocesses run at once (1: no interference)")
     p.add_argument("--memory-runs", type=int, default=3, help="fresh processes per variant for peak RSS (median)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses (CPU)")
+    p.add_argument("--no-tutorial", action="store_true", help="skip the slow tutorial-workflow variant (timing)")
     p.add_argument("--quick", action="store_true", help="tiny CNN, batch 2, 32 px, 3 repeats: a few seconds")
     p.add_argument("--json", type=Path, default=None, help="where to write the results (default benchmarks/results/)")
     p.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)

@@ -356,7 +356,8 @@ def test_two_callbacks_with_prefixes_stay_apart(tmp_path):
         assert events.steps("histograms", f"{prefix}/channel_mean/conv1") == [0, 4]
         assert f"{prefix}/dead_filters/all" in trainer.callback_metrics
         assert record_steps(trainer.logger.log_dir, f"{prefix}/{tb.DEAD_STATE}") == [0, 4]
-    assert events.images["a/feature_maps/conv1"][0].width < events.images["b/feature_maps/conv1"][0].width
+    # each with its own settings: b shows one probe sample (one row per band), a shows four
+    assert events.images["a/feature_maps/conv1"][0].height > events.images["b/feature_maps/conv1"][0].height
     assert not [tag for kind in ("images", "scalars", "histograms") for tag in events.tags(kind, "feature_maps")]
     assert not [tag for tag in events.tags("scalars") if tag.startswith(("dead_filters", "dying_filters"))]
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]

@@ -21,7 +21,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("logdir", help="a TensorBoard log directory (searched recursively for runs)")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    report.add_argument("--plot", metavar="PNG", help="also save the dead-filter timeline picture here")
+    report.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also save the dead-filter timeline picture here, and the layer change and similarity pictures beside it",
+    )
+    report.add_argument(
+        "--settled-below",
+        type=float,
+        default=0.01,
+        metavar="X",
+        help="a layer has settled when its layer_change (1 - CKA) stayed below X (default 0.01) ...",
+    )
+    report.add_argument(
+        "--settled-events", type=int, default=3, metavar="K", help="... at each of the last K events (default 3)"
+    )
     add_snapshot_parser(sub)
     add_view_parser(sub)
     return parser

@@ -1,0 +1,125 @@
+"""How similar two representations of the probe batch are: debiased linear CKA, and the layer value histogram.
+
+A layer's representation of the probe batch is its output flattened to ``X`` of shape ``(N, D)``. Linear CKA
+compares two representations of the same N samples through their N x N Gram matrices ``K = X Xᵀ``; it is
+invariant to an orthogonal transform (a rotation of the channels) and to isotropic scaling, so it measures
+whether the layer sees the samples alike, not whether its weights moved. The debiased form (Nguyen et al. 2021,
+"Do wide and deep networks learn the same things?") uses the unbiased HSIC estimator of Song et al. 2012, which
+needs N >= 4 samples and has no bias towards 1 at small N. Only the Gram matrices are kept, never the activation.
+
+Pure tensor functions, no Lightning: the probe computes :func:`gram` and :func:`value_histogram` inside its
+hooks, on the activation's device; :func:`cka` and :func:`layer_change` compare Gram matrices on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+MIN_SAMPLES = 4  # the unbiased HSIC estimator divides by n - 3
+HISTOGRAM_BINS = 64
+_CHUNK_VALUES = 1 << 22  # values of X per float32 block: 16 MiB, so a float16 activation is never copied whole
+
+
+def flat_samples(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(N, D)``, a view where the memory allows: the feature order does not matter to a Gram matrix,
+    so a channels-last activation is flattened in its own memory order instead of being copied."""
+    n = x.shape[0]
+    if x.is_contiguous():
+        return x.reshape(n, -1)
+    moved = x.movedim(1, -1)
+    return moved.reshape(n, -1) if moved.is_contiguous() else x.reshape(n, -1)
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """The N x N Gram matrix of ``x`` (``(N, ...)``, flattened per sample) after centring each feature over the
+    N samples, as float64 on ``x``'s device.
+
+    Computed in float32 blocks of features (no float32 copy of a half-precision activation), each block centred
+    and scaled by the activation's largest magnitude (so squares of large activations cannot overflow; CKA does
+    not see the scale) and accumulated in float64. Centring leaves the debiased HSIC unchanged and keeps the
+    entries small where a large common offset (after ReLU) would otherwise cancel in the estimator.
+    """
+    flat = flat_samples(x)
+    n, d = flat.shape
+    result = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    if d == 0:
+        return result
+    scale = flat.abs().amax().float().clamp(min=torch.finfo(torch.float32).tiny).reciprocal()
+    step = max(1, _CHUNK_VALUES // max(n, 1))
+    for block in flat.split(step, dim=1):
+        block = block.float() * scale
+        block = block - block.mean(dim=0, keepdim=True)
+        result += (block @ block.T).double()
+    return result
+
+
+def value_histogram(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+    """Counts of ``x``'s values in ``bins`` equal bins over ``[low, high]`` (0-dim tensors on ``x``'s device, such
+    as the statistics' min and max), as int64 on the device: no copy of ``x`` leaves it, and nothing waits for it.
+
+    Bucketize and an unweighted bincount, both deterministic on CUDA (``torch.histc`` is not, and needs its
+    range as Python floats, a device sync per layer). A constant activation falls in the first bin.
+    """
+    low, high = low.float(), high.float()
+    width = torch.where(high > low, high - low, torch.ones_like(high))
+    inner = low + width * torch.arange(1, bins, device=x.device, dtype=torch.float32) / bins
+    counts = torch.zeros(bins, dtype=torch.int64, device=x.device)
+    flat = flat_samples(x).reshape(-1)
+    for block in flat.split(_CHUNK_VALUES):
+        counts += torch.bincount(torch.bucketize(block.float(), inner), minlength=bins)[:bins]
+    return counts
+
+
+def hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:  # noqa: E741 (the papers' names)
+    """The unbiased HSIC estimator of Song et al. (2012) of two N x N Gram matrices, N >= 4, in float64."""
+    n = k.shape[0]
+    k, l = k.double().clone(), l.double().clone()  # noqa: E741
+    k.fill_diagonal_(0)
+    l.fill_diagonal_(0)
+    ones = torch.ones(n, dtype=torch.float64, device=k.device)
+    trace = (k * l).sum()
+    sums = k.sum() * l.sum() / ((n - 1) * (n - 2))
+    cross = 2 * (ones @ k) @ (l @ ones) / (n - 2)
+    return (trace + sums - cross) / (n * (n - 3))
+
+
+def cka(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741
+    """Debiased linear CKA of two Gram matrices of the same N samples; NaN for N < 4, mismatched sizes, or a
+    representation without variance (a layer whose output is the same for every sample)."""
+    if k.shape != l.shape or k.dim() != 2 or k.shape[0] < MIN_SAMPLES:
+        return math.nan
+    denominator = float(hsic(k, k) * hsic(l, l))
+    if not denominator > 0:  # also NaN
+        return math.nan
+    return float(hsic(k, l)) / math.sqrt(denominator)
+
+
+def grams_of(result: Mapping) -> dict[str, torch.Tensor]:
+    """The Gram matrix of every layer of a probe result (a ``ProbeResult``, or a ``{layer: gram}`` dict)."""
+    found = {}
+    for name, value in result.items():
+        value = getattr(value, "gram", value)
+        if isinstance(value, torch.Tensor):
+            found[name] = value
+    return found
+
+
+def layer_change(before: Mapping, after: Mapping) -> dict[str, float]:
+    """``1 - CKA`` per layer present in both: 0 when the layer sees the probe samples exactly as before, near 1
+    when it sees them unrelatedly. ``before`` and ``after`` are probe results on the same batch (or Gram dicts)."""
+    old, new = grams_of(before), grams_of(after)
+    return {name: 1.0 - cka(old[name], gram) for name, gram in new.items() if name in old}
+
+
+def similarity_matrix(grams: Mapping) -> tuple[list[str], torch.Tensor]:
+    """CKA between every pair of layers of one probe result (or Gram dict): ``(names, [L, L] float64 matrix)``."""
+    found = grams_of(grams)
+    names = list(found)
+    matrix = torch.full((len(names), len(names)), math.nan, dtype=torch.float64)
+    for i, a in enumerate(names):
+        for j in range(i, len(names)):
+            matrix[i, j] = matrix[j, i] = cka(found[a], found[names[j]])
+    return names, matrix

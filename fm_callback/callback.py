@@ -177,7 +177,7 @@ class FeatureMapCallback(pl.Callback):
         every_n_steps: int | None = None,
         log_at_start: bool = True,
         probe_batch: Any = None,
-        probe_size: int = 8,
+        probe_size: int = 16,
         input_fn: Callable[[Any], Any] | None = None,
         forward_fn: Callable[[torch.nn.Module, Any], Any] | None = None,
         max_channels: int = 16,

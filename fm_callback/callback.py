@@ -541,7 +541,7 @@ class FeatureMapCallback(pl.Callback):
             self._writer.submit(
                 tb.write_similarity,
                 names,
-                matrix.tolist(),
+                [[v if math.isfinite(v) else None for v in row] for row in matrix.tolist()],  # strict JSON
                 self.last_event_step,
                 self.prefix,
                 what="writing the layer similarity",

@@ -307,6 +307,8 @@ class FeatureMapCallback(pl.Callback):
         if self._state_of_a_fit:  # state given with load_state_dict is kept: a resume (ckpt_path) gives it later
             self._state_of_a_fit = False
             self.model_input = None  # the probe batch is this fit's own data
+            # CKA compares representations of the same samples: this fit's batch starts the comparisons afresh
+            self.first_grams, self.previous_grams = {}, {}
             if trainer.global_step == 0:
                 # A new run (a new Trainer). A further fit of the same Trainer goes on counting steps, and keeps
                 # its schedule position, pinned channels, dead streaks and the probe input it wrote.
@@ -314,7 +316,7 @@ class FeatureMapCallback(pl.Callback):
                 self.last_event_step = None
                 self.tracker = DeadFilterTracker(self.tracker.patience)
                 self.input_written = None
-                self.first_grams, self.previous_grams, self.change_history = {}, {}, []
+                self.change_history = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled(trainer):

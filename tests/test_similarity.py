@@ -195,3 +195,16 @@ def test_resumed_run_compares_with_the_events_before_the_checkpoint(tmp_path: Pa
     assert [h["step"] for h in resumed.change_history] == [4, 8]
     start = np.array(callback.first_grams["conv2"])
     assert np.array_equal(np.array(resumed.first_grams["conv2"]), start)
+
+
+def test_a_further_fit_on_new_data_does_not_compare_different_samples(tmp_path: Path) -> None:
+    callback = FeatureMapCallback(image_layers=[])
+    pl.seed_everything(0, verbose=False)
+    trainer = make_trainer(tmp_path, [callback], max_epochs=1)
+    model = FrozenFirst()
+    trainer.fit(model, *tiny_loaders())
+    other = torch.utils.data.DataLoader(tiny_dataset(16, seed=7), batch_size=8)
+    trainer.fit_loop.max_epochs = 2
+    trainer.fit(model, other, other)  # its probe batch is other samples: the CKA history starts again
+    assert [h["step"] for h in callback.change_history] == [4]  # none at step 6, the first event of the new batch
+    assert read_events(tmp_path).steps("scalars", "layer_change/conv2") == [4]

@@ -203,8 +203,8 @@ def test_a_further_fit_on_new_data_does_not_compare_different_samples(tmp_path: 
     trainer = make_trainer(tmp_path, [callback], max_epochs=1)
     model = FrozenFirst()
     trainer.fit(model, *tiny_loaders())
-    other = torch.utils.data.DataLoader(tiny_dataset(16, seed=7), batch_size=8)
+    other = torch.utils.data.DataLoader(tiny_dataset(8, seed=7), batch_size=8)  # as many samples as before
     trainer.fit_loop.max_epochs = 2
     trainer.fit(model, other, other)  # its probe batch is other samples: the CKA history starts again
-    assert [h["step"] for h in callback.change_history] == [4]  # none at step 6, the first event of the new batch
+    assert [h["step"] for h in callback.change_history] == [4]  # none at step 5, the first event of the new batch
     assert read_events(tmp_path).steps("scalars", "layer_change/conv2") == [4]

@@ -20,7 +20,7 @@ import torch
 
 MIN_SAMPLES = 4  # the unbiased HSIC estimator divides by n - 3
 HISTOGRAM_BINS = 64
-_CHUNK_VALUES = 1 << 22  # values of X per float32 block: 16 MiB, so a float16 activation is never copied whole
+_CHUNK_VALUES = 1 << 20  # values per block: 4 MiB as float32, so no activation is ever copied whole
 
 
 def flat_samples(x: torch.Tensor) -> torch.Tensor:
@@ -33,21 +33,25 @@ def flat_samples(x: torch.Tensor) -> torch.Tensor:
     return moved.reshape(n, -1) if moved.is_contiguous() else x.reshape(n, -1)
 
 
-def gram(x: torch.Tensor) -> torch.Tensor:
+def gram(x: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
     """The N x N Gram matrix of ``x`` (``(N, ...)``, flattened per sample) after centring each feature over the
     N samples, as float64 on ``x``'s device.
 
     Computed in float32 blocks of features (no float32 copy of a half-precision activation), each block centred
-    and scaled by the activation's largest magnitude (so squares of large activations cannot overflow; CKA does
-    not see the scale) and accumulated in float64. Centring leaves the debiased HSIC unchanged and keeps the
-    entries small where a large common offset (after ReLU) would otherwise cancel in the estimator.
+    and divided by ``peak``, the activation's largest magnitude (so squares of large activations cannot overflow;
+    CKA does not see the scale; the probe passes it from its statistics, else it is found here), and accumulated
+    in float64. Centring leaves the debiased HSIC unchanged and keeps the entries small where a large common
+    offset (after ReLU) would otherwise cancel in the estimator.
     """
     flat = flat_samples(x)
     n, d = flat.shape
     result = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     if d == 0:
         return result
-    scale = flat.abs().amax().float().clamp(min=torch.finfo(torch.float32).tiny).reciprocal()
+    if peak is None:
+        low, high = torch.aminmax(flat)
+        peak = torch.maximum(low.abs(), high.abs())
+    scale = peak.float().clamp(min=torch.finfo(torch.float32).tiny).reciprocal()
     step = max(1, _CHUNK_VALUES // max(n, 1))
     for block in flat.split(step, dim=1):
         block = block.float() * scale
@@ -69,7 +73,7 @@ def value_histogram(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins
     counts = torch.zeros(bins, dtype=torch.int64, device=x.device)
     flat = flat_samples(x).reshape(-1)
     for block in flat.split(_CHUNK_VALUES):
-        counts += torch.bincount(torch.bucketize(block.float(), inner), minlength=bins)[:bins]
+        counts += torch.bincount(torch.bucketize(block.float(), inner, out_int32=True), minlength=bins)[:bins]
     return counts
 
 

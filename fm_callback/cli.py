@@ -17,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="dead filters over time, read back from a run's event files",
         description="Per run and layer: the dead fraction at each probe event, the persistently dead channels "
-        "(with the epoch they died) and revived channels. Exit status 1 when LOGDIR holds no fm_callback data.",
+        "(with the epoch they died) and revived channels, and the layers that have settled (their representation "
+        "of the probe batch no longer changes). Exit status 1 when LOGDIR holds no fm_callback data.",
     )
     report.add_argument("logdir", help="a TensorBoard log directory (searched recursively for runs)")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")

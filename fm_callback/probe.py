@@ -342,9 +342,8 @@ class FeatureMapProbe:
         stats = channel_stats(output, self.atol, self.rtol)
         representation = None
         if self.similarity and output.numel():
-            low, high = stats.min.amin(), stats.max.amax()
-            peak = torch.maximum(low.abs(), high.abs())  # from the statistics: no extra pass over the output
-            representation = (similarity.gram(output, peak), similarity.value_histogram(output, low, high))
+            histogram = similarity.value_histogram(output, stats.min.amin(), stats.max.amax())
+            representation = (similarity.gram(output), histogram)
         module = name.split("#")[0]  # once per module, not per call of a reused one
         if picture and output.dim() < 3 and module not in self._warned:
             self._warned.add(module)

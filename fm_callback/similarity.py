@@ -20,7 +20,8 @@ import torch
 
 MIN_SAMPLES = 4  # the unbiased HSIC estimator divides by n - 3
 HISTOGRAM_BINS = 64
-_CHUNK_VALUES = 1 << 20  # values per block: 4 MiB as float32, so no activation is ever copied whole
+HISTOGRAM_VALUES = 1 << 16  # values binned per layer at most (evenly spread over the output)
+_CHUNK_VALUES = 1 << 22  # values per block of a half-precision activation: 16 MiB as float32, never all of it
 
 
 def flat_samples(x: torch.Tensor) -> torch.Tensor:
@@ -33,48 +34,60 @@ def flat_samples(x: torch.Tensor) -> torch.Tensor:
     return moved.reshape(n, -1) if moved.is_contiguous() else x.reshape(n, -1)
 
 
-def gram(x: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
-    """The N x N Gram matrix of ``x`` (``(N, ...)``, flattened per sample) after centring each feature over the
-    N samples, as float64 on ``x``'s device.
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """The N x N Gram matrix ``X Xᵀ`` of ``x`` (``(N, ...)``, flattened per sample), as float64 on ``x``'s device.
 
-    Computed in float32 blocks of features (no float32 copy of a half-precision activation), each block centred
-    and divided by ``peak``, the activation's largest magnitude (so squares of large activations cannot overflow;
-    CKA does not see the scale; the probe passes it from its statistics, else it is found here), and accumulated
-    in float64. Centring leaves the debiased HSIC unchanged and keeps the entries small where a large common
-    offset (after ReLU) would otherwise cancel in the estimator.
+    One float32 matrix product for a float32 activation (about as fast as reading it once: D is large, N small);
+    a half-precision activation is converted in blocks of features, summed in float64, so it is never copied
+    whole. Features are not centred: the debiased HSIC does not depend on a common offset, and centring a
+    strided block costs more than the product. A product that overflows float32 (values near 1e16 and above) is
+    redone in float64 blocks scaled by the largest magnitude, which CKA does not see.
     """
     flat = flat_samples(x)
     n, d = flat.shape
-    result = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     if d == 0:
-        return result
-    if peak is None:
+        return torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    if flat.dtype == torch.float32:
+        result = (flat @ flat.T).double()
+    else:
+        result = _blocked_gram(flat, torch.float32)
+    if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(flat).all()):
+        result = _blocked_gram(flat, torch.float64, scaled=True)
+    return result
+
+
+def _blocked_gram(flat: torch.Tensor, dtype: torch.dtype, scaled: bool = False) -> torch.Tensor:
+    """``flat @ flat.T`` summed over blocks of ``_CHUNK_VALUES`` values in ``dtype``, optionally divided by the
+    square of the largest magnitude; float64."""
+    n = flat.shape[0]
+    scale = None
+    if scaled:
         low, high = torch.aminmax(flat)
-        peak = torch.maximum(low.abs(), high.abs())
-    scale = peak.float().clamp(min=torch.finfo(torch.float32).tiny).reciprocal()
-    step = max(1, _CHUNK_VALUES // max(n, 1))
-    for block in flat.split(step, dim=1):
-        block = block.float() * scale
-        block = block - block.mean(dim=0, keepdim=True)
+        scale = torch.maximum(low.abs(), high.abs()).to(dtype).reciprocal()
+    result = torch.zeros(n, n, dtype=torch.float64, device=flat.device)
+    for block in flat.split(max(1, _CHUNK_VALUES // n), dim=1):
+        block = block.to(dtype) if scale is None else block.to(dtype) * scale
         result += (block @ block.T).double()
     return result
 
 
 def value_histogram(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
     """Counts of ``x``'s values in ``bins`` equal bins over ``[low, high]`` (0-dim tensors on ``x``'s device, such
-    as the statistics' min and max), as int64 on the device: no copy of ``x`` leaves it, and nothing waits for it.
+    as the statistics' min and max), as int64 on the device: no copy of ``x`` leaves it, nothing waits for it.
 
-    Bucketize and an unweighted bincount, both deterministic on CUDA (``torch.histc`` is not, and needs its
-    range as Python floats, a device sync per layer). A constant activation falls in the first bin.
+    Binning every value of a large output costs as much as a forward layer on a CPU, so at most
+    ``HISTOGRAM_VALUES`` values are binned, every k-th of the output (k odd, so that a power-of-two width cannot
+    make the sample fall on the same columns). Bucketize and an unweighted bincount, both deterministic on CUDA
+    (``torch.histc`` is not, and needs its range as Python floats, a device sync per layer). A constant activation
+    falls in the first bin.
     """
+    flat = flat_samples(x).reshape(-1)
+    stride = -(-flat.numel() // HISTOGRAM_VALUES)
+    sample = flat[:: stride | 1].float()
     low, high = low.float(), high.float()
     width = torch.where(high > low, high - low, torch.ones_like(high))
     inner = low + width * torch.arange(1, bins, device=x.device, dtype=torch.float32) / bins
-    counts = torch.zeros(bins, dtype=torch.int64, device=x.device)
-    flat = flat_samples(x).reshape(-1)
-    for block in flat.split(_CHUNK_VALUES):
-        counts += torch.bincount(torch.bucketize(block.float(), inner, out_int32=True), minlength=bins)[:bins]
-    return counts
+    return torch.bincount(torch.bucketize(sample, inner, out_int32=True), minlength=bins)[:bins].long()
 
 
 def hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:  # noqa: E741 (the papers' names)

@@ -20,7 +20,7 @@ from torch import nn
 
 from fm_callback import FeatureMapCallback, FeatureMapProbe
 from fm_callback.cli import main
-from fm_callback.similarity import cka, gram, layer_change, similarity_matrix, value_histogram
+from fm_callback.similarity import HISTOGRAM_VALUES, cka, gram, layer_change, similarity_matrix, value_histogram
 
 
 def reference_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -86,6 +86,10 @@ def test_value_histogram_counts_like_histc_on_the_device_range() -> None:
     counts = value_histogram(x, x.min(), x.max(), bins=10)
     assert counts.dtype == torch.int64 and int(counts.sum()) == x.numel()
     assert torch.equal(counts, torch.histc(x, bins=10, min=float(x.min()), max=float(x.max())).long())
+    large = torch.rand(4, 64, 64, 64)  # over a million values: an evenly spread sample is binned
+    counts = value_histogram(large, torch.tensor(0.0), torch.tensor(1.0), bins=4)
+    assert 50_000 < int(counts.sum()) <= HISTOGRAM_VALUES
+    assert (counts.float() / counts.sum() - 0.25).abs().max() < 0.02  # still the distribution of all values
     constant = torch.full((2, 3, 4, 4), 1.5)
     assert value_histogram(constant, constant.min(), constant.max(), bins=5).tolist() == [96, 0, 0, 0, 0]
 
@@ -169,7 +173,7 @@ def test_frozen_layer_shows_no_change_while_trained_layers_do(frozen_run) -> Non
     assert events.steps("images", "layer_similarity") == [16]
     assert events.steps("histograms", "activations/conv2") == [0, *steps]
     histogram = events.histograms["activations/conv2"][-1].histogram_value
-    assert histogram.num == 8 * 8 * 8 * 8  # every value of the probe batch's output, binned on the device
+    assert histogram.num == 8 * 8 * 8 * 8  # every value of this small output, binned on the device
     assert histogram.min <= histogram.max and len(histogram.bucket) == 64
     assert [h["step"] for h in callback.change_history] == steps
 

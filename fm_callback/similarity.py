@@ -83,7 +83,7 @@ def value_histogram(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins
     """
     flat = flat_samples(x).reshape(-1)
     stride = -(-flat.numel() // HISTOGRAM_VALUES)
-    sample = flat[:: stride | 1].float()
+    sample = flat[:: stride | 1].float().contiguous()  # bucketize copies a strided input anyway
     low, high = low.float(), high.float()
     width = torch.where(high > low, high - low, torch.ones_like(high))
     inner = low + width * torch.arange(1, bins, device=x.device, dtype=torch.float32) / bins

@@ -44,8 +44,8 @@ class LayerReport:
     silenced: torch.Tensor | None = None  # bool [C]: zero at every position of every sample after the activation
     firing: torch.Tensor | None = None  # float32 [C]: share of positions where the activation's output is non-zero
     # The representation of the probe batch, for CKA (see ``similarity.py``); None with ``similarity=False``.
-    gram: torch.Tensor | None = None  # float64 [N, N]: Gram matrix of the flattened, feature-centred output
-    histogram: torch.Tensor | None = None  # int64 [bins]: counts of the output's values over [min, max]
+    gram: torch.Tensor | None = None  # float64 [N, N]: Gram matrix X Xᵀ of the output flattened per sample
+    histogram: torch.Tensor | None = None  # int64 [bins]: counts of (a sample of) the output's values over [min, max]
 
     @property
     def dead(self) -> torch.Tensor:

@@ -11,6 +11,8 @@ interleaved repeats (the order rotates each repeat) and medians:
 - event: ``FeatureMapProbe(model).run(x)``: statistics of every conv layer and the default 6 pictures
   (grid and overlay each, plus the probe input), all the way to the small CPU results;
 - stats only: the same probe with ``image_layers=[]``, to show what the statistics alone cost;
+- event, no similarity: the event with ``similarity=False`` (no Gram matrix for CKA, no value histogram per
+  layer), to show what the representation-change statistics cost (the Gram matrix is N²·D per layer);
 - event, own outputs: the event with ``follow_activations=False`` (each conv output judged alone, the default
   before 0.2), to show what following each conv to its ReLU costs;
 - event+TB: the event, then every tag written through the BackgroundWriter to a real SummaryWriter, flushed;
@@ -56,7 +58,7 @@ from fm_callback import tensorboard as tb  # noqa: E402
 from fm_callback.select import select_layers  # noqa: E402
 
 MODELS = ("resnet18", "vgg16", "convnext_tiny")
-VARIANTS = ("bare", "event", "event_own", "event_stats", "event_tb", "tutorial")
+VARIANTS = ("bare", "event", "event_own", "event_stats", "event_nosim", "event_tb", "tutorial")
 MEMORY_VARIANTS = ("bare", "event", "event_tb", "tutorial")
 MEMORY_KIND = ("RSS rise over a bare forward's, fresh processes", "cuda max_memory_allocated over a bare forward's")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -71,6 +73,8 @@ TIME_COLUMNS = [
     "event / bare",
     "event, own outputs / bare",
     "stats only / bare",
+    "event, no similarity (ms)",
+    "event / event, no similarity",
     "event+TB (ms)",
     "event+TB / bare",
     "tutorial (ms)",
@@ -160,6 +164,7 @@ class Variants:
         self.probe = FeatureMapProbe(model, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         self.stats_probe = FeatureMapProbe(model, image_layers=[])  # the same statistics, no picture at all
         self.own_probe = FeatureMapProbe(model, mean=IMAGENET_MEAN, std=IMAGENET_STD, follow_activations=False)
+        self.nosim_probe = FeatureMapProbe(model, mean=IMAGENET_MEAN, std=IMAGENET_STD, similarity=False)
         self.figures = workdir / "tutorial"
         self.figures.mkdir(parents=True, exist_ok=True)
         self.logdir = workdir / "tb"
@@ -186,6 +191,10 @@ class Variants:
 
     def event_stats(self) -> None:
         self.stats_probe.run(self.x)
+        self.sync()
+
+    def event_nosim(self) -> None:
+        self.nosim_probe.run(self.x)
         self.sync()
 
     def event_tb(self) -> None:
@@ -399,6 +408,8 @@ def tables(results: list[dict[str, Any]]) -> str:
                 f"{ratio['event']:.3f}",
                 f"{ratio['event_own']:.3f}",
                 f"{ratio['event_stats']:.3f}",
+                f"{ms['event_nosim'] * 1e3:.1f}",
+                f"{ms['event'] / ms['event_nosim']:.3f}",
                 f"{ms['event_tb'] * 1e3:.1f}",
                 f"{ratio['event_tb']:.3f}",
                 f"{ms['tutorial'] * 1e3:.1f}" if "tutorial" in ms else "n/a",

@@ -5,7 +5,9 @@
 
 The probe hooks the chosen layers for one forward of a fixed batch, restores every module's mode and
 the RNG state, and returns small CPU results; ``fm_callback.tensorboard.write_result`` writes them
-under the same tags the Lightning callback uses, so TensorBoard shows the same dashboards.
+under the same tags the Lightning callback uses, so TensorBoard shows the same dashboards. Each result also
+holds every layer's Gram matrix of the probe batch; ``similarity.layer_change(before, after)`` says how much each
+layer's representation changed between two probes (1 - debiased linear CKA), logged as ``layer_change/<layer>``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import CLASSES, MEAN, STD, ShapesDataset  # noqa: E402
 
 from fm_callback import FeatureMapProbe  # noqa: E402
-from fm_callback.tensorboard import write_result  # noqa: E402
+from fm_callback.similarity import layer_change  # noqa: E402
+from fm_callback.tensorboard import LAYER_CHANGE, write_result  # noqa: E402
 
 
 def small_cnn(width: int = 16) -> nn.Sequential:
@@ -53,16 +56,18 @@ def main(argv: list[str] | None = None) -> nn.Module:
     torch.manual_seed(0)
     train_set = ShapesDataset(args.train_size, args.image_size, seed=0)
     train = DataLoader(train_set, batch_size=args.batch_size, shuffle=True)
-    probe_x = torch.stack([ShapesDataset(8, args.image_size, seed=1)[i][0] for i in range(8)])  # fixed probe batch
+    probe_x = torch.stack([ShapesDataset(16, args.image_size, seed=1)[i][0] for i in range(16)])  # fixed probe batch
     model = small_cnn(args.width)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     # Every Conv2d is watched (the default); the grids show the most varied channels, denormalised input below.
     probe = FeatureMapProbe(model, mean=MEAN, std=STD)
     writer = SummaryWriter(args.logdir)
     step = 0
+    previous = None
     try:
         if args.probe_every:
-            write_result(writer, probe.run(probe_x), step)  # the untrained baseline at step 0
+            previous = probe.run(probe_x)
+            write_result(writer, previous, step)  # the untrained baseline at step 0
         for epoch in range(args.epochs):
             model.train()
             for x, y in train:
@@ -74,8 +79,11 @@ def main(argv: list[str] | None = None) -> nn.Module:
                 writer.add_scalar("train_loss", loss.item(), step)
             if args.probe_every and (epoch + 1) % args.probe_every == 0:
                 result = probe.run(probe_x)  # eval mode, no_grad, hooks only for this forward, RNG untouched
-                write_result(writer, result, step)
-                print(f"epoch {epoch}: loss {loss.item():.3f}, dead filters {result.dead_fraction:.1%}")
+                change = layer_change(previous, result)  # per layer: 0 = sees the probe batch as before
+                write_result(writer, result, step, changes={LAYER_CHANGE: change})
+                previous = result
+                moved = ", ".join(f"{name} {value:.3f}" for name, value in change.items())
+                print(f"epoch {epoch}: loss {loss.item():.3f}, dead filters {result.dead_fraction:.1%}, change {moved}")
     finally:
         writer.close()
     print(f"Feature maps written to {args.logdir}; look at them with: fm-callback view {args.logdir}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -15,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset
 
+from . import similarity
 from . import tensorboard as tb
 from .probe import FeatureMapProbe, ProbeResult, check_input, first_tensor, to_device
 from .select import LayerSpec
@@ -156,10 +158,14 @@ class FeatureMapCallback(pl.Callback):
         overlay: also log ``feature_maps_overlay/<layer>``, the mean |activation| over the probe input.
         prefix: put before every tag and metric name (``"student"``: ``student/dead_filters/all``), so that two
             callbacks in one Trainer stay apart.
+        similarity: log how each layer's representation of the probe batch changes (``layer_change/*``: 1 - debiased
+            linear CKA against the previous event, ``layer_change_from_start/*``: against the first; needs
+            ``probe_size >= 4``), the layers' CKA matrix at the end of fit, and a histogram of each layer's values.
 
-    The scalars (``dead_filters/*``, ``dying_filters/*``, ``never_positive/*``) go to every logger of the Trainer
-    and into ``trainer.callback_metrics`` (``EarlyStopping`` and ``ModelCheckpoint`` can monitor them); the
-    images go to the Trainer's first ``TensorBoardLogger``, else to a SummaryWriter under the Trainer's log dir.
+    The scalars (``dead_filters/*``, ``dying_filters/*``, ``never_positive/*``, ``layer_change*/*``) go to every
+    logger of the Trainer and into ``trainer.callback_metrics`` (``EarlyStopping`` and ``ModelCheckpoint`` can monitor
+    them); the images go to the Trainer's first ``TensorBoardLogger``, else to a SummaryWriter under the Trainer's
+    log dir.
     """
 
     def __init__(
@@ -171,7 +177,7 @@ class FeatureMapCallback(pl.Callback):
         every_n_steps: int | None = None,
         log_at_start: bool = True,
         probe_batch: Any = None,
-        probe_size: int = 8,
+        probe_size: int = 16,
         input_fn: Callable[[Any], Any] | None = None,
         forward_fn: Callable[[torch.nn.Module, Any], Any] | None = None,
         max_channels: int = 16,
@@ -185,6 +191,7 @@ class FeatureMapCallback(pl.Callback):
         std: Sequence[float] | None = None,
         overlay: bool = True,
         prefix: str = "",
+        similarity: bool = True,
     ) -> None:
         given = [
             n
@@ -245,6 +252,7 @@ class FeatureMapCallback(pl.Callback):
             std=std,
             overlay=overlay,
             forward_fn=forward_fn,
+            similarity=similarity,
         )
         from .render import colormap_lut
 
@@ -255,6 +263,10 @@ class FeatureMapCallback(pl.Callback):
         self.last_event_step: int | None = None
         self.tracker = DeadFilterTracker(dead_patience)
         self.input_written: tuple[str, str] | None = None  # (log dir, digest) of the last probe/input written
+        # Gram matrices of the probe batch per layer (float64 [N, N], CPU) at the first and the previous event.
+        self.first_grams: dict[str, torch.Tensor] = {}
+        self.previous_grams: dict[str, torch.Tensor] = {}
+        self.change_history: list[dict[str, Any]] = []  # per event: step, epoch, layer_change per layer
         self._state_of_a_fit = False  # the run state above came from a fit (not from load_state_dict, not new)
         # Set up per fit, never pickled with a value.
         self._probe: FeatureMapProbe | None = None
@@ -295,6 +307,8 @@ class FeatureMapCallback(pl.Callback):
         if self._state_of_a_fit:  # state given with load_state_dict is kept: a resume (ckpt_path) gives it later
             self._state_of_a_fit = False
             self.model_input = None  # the probe batch is this fit's own data
+            # CKA compares representations of the same samples: this fit's batch starts the comparisons afresh
+            self.first_grams, self.previous_grams = {}, {}
             if trainer.global_step == 0:
                 # A new run (a new Trainer). A further fit of the same Trainer goes on counting steps, and keeps
                 # its schedule position, pinned channels, dead streaks and the probe input it wrote.
@@ -302,6 +316,7 @@ class FeatureMapCallback(pl.Callback):
                 self.last_event_step = None
                 self.tracker = DeadFilterTracker(self.tracker.patience)
                 self.input_written = None
+                self.change_history = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled(trainer):
@@ -460,12 +475,16 @@ class FeatureMapCallback(pl.Callback):
             rank_zero_info(message)
         # Every rank ran the same probe, so every rank has the same scalars for EarlyStopping and ModelCheckpoint;
         # the loggers write on rank 0 only, as they do for Lightning's own logging.
-        metrics = tb.scalar_metrics(result, self.prefix)
+        changes = self._changes(result)
+        if changes[tb.LAYER_CHANGE]:
+            self.change_history.append({"step": step, "epoch": epoch, "change": changes[tb.LAYER_CHANGE]})
+        metrics = tb.scalar_metrics(result, self.prefix, changes)
         trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         if self._writer is not None:
             table, record = self.tracker.table(result, change), self.tracker.record(result, change)
+            record.update(changes)  # read back by `fm-callback report` (the change heatmap, the settled layers)
             self._writer.submit(
                 tb.write_result,
                 result,
@@ -473,10 +492,24 @@ class FeatureMapCallback(pl.Callback):
                 table,
                 record,
                 prefix=self.prefix,
+                changes=changes,
                 with_scalars=self._owns_writer,  # a TensorBoardLogger among the loggers has written them
                 with_input=self._input_changed(result),
                 what=f"writing step {step}",
             )
+
+    def _changes(self, result: ProbeResult) -> dict[str, dict[str, float]]:
+        """Each layer's representation change since the previous and since the first event (1 - CKA), finite values
+        only (none at the first event, nor with fewer than 4 probe samples); keeps this event's Gram matrices."""
+        grams = similarity.grams_of(result)
+        changes = {
+            tb.LAYER_CHANGE: similarity.layer_change(self.previous_grams, grams),
+            tb.LAYER_CHANGE_FROM_START: similarity.layer_change(self.first_grams, grams),
+        }
+        self.previous_grams = grams
+        for name, gram in grams.items():
+            self.first_grams.setdefault(name, gram)
+        return {kind: {name: v for name, v in values.items() if math.isfinite(v)} for kind, values in changes.items()}
 
     def _input_changed(self, result: ProbeResult) -> bool:
         """Whether ``probe/input`` is due: not yet written into this log dir, or a different picture from the last.
@@ -499,6 +532,21 @@ class FeatureMapCallback(pl.Callback):
             history = list(self.tracker.history)
             self._writer.submit(
                 tb.write_timeline, history, trainer.global_step, self.prefix, what="writing the dead timeline"
+            )
+        if self._writer is not None and len(self.change_history) > 1:
+            history = list(self.change_history)
+            self._writer.submit(
+                tb.write_change_map, history, trainer.global_step, self.prefix, what="writing the layer change map"
+            )
+        if self._writer is not None and self.last_event_step is not None and len(self.previous_grams) > 1:
+            names, matrix = similarity.similarity_matrix(self.previous_grams)
+            self._writer.submit(
+                tb.write_similarity,
+                names,
+                [[v if math.isfinite(v) else None for v in row] for row in matrix.tolist()],  # strict JSON
+                self.last_event_step,
+                self.prefix,
+                what="writing the layer similarity",
             )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -524,6 +572,9 @@ class FeatureMapCallback(pl.Callback):
             "last_event_step": self.last_event_step,
             "tracker": self.tracker.state_dict(),
             "input_written": self.input_written,
+            "first_grams": self.first_grams,
+            "previous_grams": self.previous_grams,
+            "change_history": self.change_history,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -534,6 +585,9 @@ class FeatureMapCallback(pl.Callback):
         self.tracker.load_state_dict(state_dict.get("tracker", {}))
         written = state_dict.get("input_written")
         self.input_written = tuple(written) if written is not None else None
+        self.first_grams = dict(state_dict.get("first_grams", {}))
+        self.previous_grams = dict(state_dict.get("previous_grams", {}))
+        self.change_history = list(state_dict.get("change_history", []))
 
 
 def _describe(model_input: Any) -> str:

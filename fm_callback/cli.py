@@ -17,11 +17,26 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="dead filters over time, read back from a run's event files",
         description="Per run and layer: the dead fraction at each probe event, the persistently dead channels "
-        "(with the epoch they died) and revived channels. Exit status 1 when LOGDIR holds no fm_callback data.",
+        "(with the epoch they died) and revived channels, and the layers that have settled (their representation "
+        "of the probe batch no longer changes). Exit status 1 when LOGDIR holds no fm_callback data.",
     )
     report.add_argument("logdir", help="a TensorBoard log directory (searched recursively for runs)")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    report.add_argument("--plot", metavar="PNG", help="also save the dead-filter timeline picture here")
+    report.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="also save the dead-filter timeline picture here, and the layer change and similarity pictures beside it",
+    )
+    report.add_argument(
+        "--settled-below",
+        type=float,
+        default=0.01,
+        metavar="X",
+        help="a layer has settled when its layer_change (1 - CKA) stayed below X (default 0.01) ...",
+    )
+    report.add_argument(
+        "--settled-events", type=int, default=3, metavar="K", help="... at each of the last K events (default 3)"
+    )
     add_snapshot_parser(sub)
     add_view_parser(sub)
     return parser

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import render
+from . import render, similarity
 from .activations import ActivationLineage, outside_lineage
 from .select import LayerSpec, select_layers, unwrap_compiled
 from .stats import DEFAULT_ATOL, DEFAULT_RTOL, ChannelStats, channel_stats
@@ -43,6 +43,9 @@ class LayerReport:
     # (BatchNorm, dropout, pooling); None when no such activation followed in the forward.
     silenced: torch.Tensor | None = None  # bool [C]: zero at every position of every sample after the activation
     firing: torch.Tensor | None = None  # float32 [C]: share of positions where the activation's output is non-zero
+    # The representation of the probe batch, for CKA (see ``similarity.py``); None with ``similarity=False``.
+    gram: torch.Tensor | None = None  # float64 [N, N]: Gram matrix X Xᵀ of the output flattened per sample
+    histogram: torch.Tensor | None = None  # int64 [bins]: counts of (a sample of) the output's values over [min, max]
 
     @property
     def dead(self) -> torch.Tensor:
@@ -214,6 +217,8 @@ class FeatureMapProbe:
             ``False`` judges each watched output on its own.
         forward_fn: ``forward_fn(model, x)`` runs the model, for a forward that takes more than one argument;
             default ``model(x)``.
+        similarity: also keep each layer's N x N Gram matrix of the probe batch (``LayerReport.gram``, compared
+            with ``similarity.layer_change``) and a histogram of its values (``LayerReport.histogram``).
     """
 
     def __init__(
@@ -232,6 +237,7 @@ class FeatureMapProbe:
         overlay: bool = True,
         follow_activations: bool = True,
         forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+        similarity: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -258,6 +264,7 @@ class FeatureMapProbe:
         self.overlay = overlay
         self.follow_activations = follow_activations
         self.forward_fn = forward_fn
+        self.similarity = similarity
         self.pinned_channels: dict[str, list[int]] = {}
         self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
 
@@ -289,7 +296,7 @@ class FeatureMapProbe:
         device = model_device(model)
         modes = [(module, module.training) for module in model.modules()]
         calls: Counter[str] = Counter()
-        raw: dict[str, tuple[tuple[int, ...], ChannelStats, Any]] = {}
+        raw: dict[str, tuple[tuple[int, ...], ChannelStats, Any, Any]] = {}
         handles = []
         warned = self._warned
         lineage = ActivationLineage()  # which of these channels a following ReLU silences
@@ -329,9 +336,14 @@ class FeatureMapProbe:
                 module.training = mode
         return self._collect(raw, x, lineage)
 
-    def _reduce(self, name: str, output: torch.Tensor, picture: bool) -> tuple[ChannelStats, Any]:
-        """Statistics and (for picture layers) grid, channels and energy map, all still on the device."""
+    def _reduce(self, name: str, output: torch.Tensor, picture: bool) -> tuple[ChannelStats, Any, Any]:
+        """Statistics, (for picture layers) grid, channels and energy map, and (with ``similarity``) the Gram
+        matrix and value histogram, all still on the device."""
         stats = channel_stats(output, self.atol, self.rtol)
+        representation = None
+        if self.similarity and output.numel():
+            histogram = similarity.value_histogram(output, stats.min.amin(), stats.max.amax())
+            representation = (similarity.gram(output), histogram)
         module = name.split("#")[0]  # once per module, not per call of a reused one
         if picture and output.dim() < 3 and module not in self._warned:
             self._warned.add(module)
@@ -341,7 +353,7 @@ class FeatureMapProbe:
                 stacklevel=3,
             )
         if not picture or output.dim() < 3:
-            return stats, None
+            return stats, None, representation
         pinned = self.pinned_channels.get(name)
         if pinned is not None and max(pinned) < output.shape[1]:
             channels = torch.tensor(pinned)
@@ -349,7 +361,7 @@ class FeatureMapProbe:
             channels = render.choose_channels(stats.std, self.max_channels, self.channel_order)
         grid = render.render_feature_grid(output, channels, self.max_samples, self.lut)
         energy = render.activation_energy(output, self.max_samples) if self.overlay else None
-        return stats, (grid, channels.tolist(), energy)
+        return stats, (grid, channels.tolist(), energy), representation
 
     def _collect(self, raw: dict[str, tuple], x: Any, lineage: ActivationLineage) -> ProbeResult:
         """Move the small per-layer results to the CPU and finish the pictures there."""
@@ -358,8 +370,10 @@ class FeatureMapProbe:
         if first is not None:
             images = render.input_images(first.detach().cpu(), self.max_samples, self.mean, self.std)
         reports = {}
-        for key, (shape, stats, picture) in raw.items():
+        for key, (shape, stats, picture, representation) in raw.items():
             report = LayerReport(name=key, shape=shape, stats=stats.to("cpu"))
+            if representation is not None:
+                report.gram, report.histogram = (t.cpu() for t in representation)
             if key in lineage.silenced:
                 report.silenced, report.firing = lineage.silenced[key].cpu(), lineage.firing[key].cpu()
             if picture is not None and picture[0] is not None:

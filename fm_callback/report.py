@@ -1,9 +1,12 @@
-"""Reading fm_callback's event files back (``fm-callback report``), and the dead-filter timeline picture.
+"""Reading fm_callback's event files back (``fm-callback report``), and the end-of-fit pictures: the dead-filter
+timeline, the layer change heatmap and the layer similarity matrix.
 
 The callback writes, at every probe event, a JSON record of the dead filters (tag ``fm_callback/dead_state``,
 see ``tensorboard.py``): per layer the channel count, the dead and never-positive channels, the persistently
 dead ones with the epoch/step their streak began, and those that revived. This module finds every run under
 a log directory, reads those records with TensorBoard's own loader and summarises them per run and layer.
+The records also hold each layer's representation change (``layer_change``, 1 - CKA against the previous event);
+a layer whose change stayed below ``SETTLED_BELOW`` for the last ``SETTLED_EVENTS`` events is reported as settled.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
 # Everything of the scalars and tensors (the records); of the bulky kinds, only the last item is kept.
 SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "images": 1, "histograms": 1, "audio": 1, "compressedHistograms": 1}
 MAX_EVENT_COLUMNS = 12
+SETTLED_BELOW = 0.01  # layer_change below this ...
+SETTLED_EVENTS = 3  # ... at each of the last this many events: the layer has settled
 
 
 class ReportError(Exception):
@@ -38,6 +43,7 @@ class Run:
     name: str  # relative to the log directory given
     path: str
     records: list[dict[str, Any]]
+    similarity: dict[str, Any] | None = None  # {"layers": [...], "cka": [[...]], "step": int} at the last event
 
 
 def find_event_dirs(logdir: str | os.PathLike) -> list[Path]:
@@ -52,31 +58,33 @@ def find_event_dirs(logdir: str | os.PathLike) -> list[Path]:
 def load_records(path: str | os.PathLike, prefix: str = "") -> list[dict[str, Any]]:
     """The dead-filter records of one run (a directory of event files, or one file), one per step, by step;
     those of the callback with ``prefix=`` when one was given."""
-    return _records_by_prefix(path).get(prefix, [])
+    return _records_by_prefix(path, tb.DEAD_STATE).get(prefix, [])
 
 
-def _records_by_prefix(path: str | os.PathLike) -> dict[str, list[dict[str, Any]]]:
-    """Every callback's records in ``path``, keyed by its tag prefix (``""`` without one): two callbacks in one
-    Trainer write ``dead_state`` under their own prefixes, and their records must not merge by step."""
+def _records_by_prefix(path: str | os.PathLike, *kinds: str) -> dict[str, list[dict[str, Any]]]:
+    """Every callback's JSON records of the ``kinds`` tags in ``path`` (by step, each with its ``kind`` and
+    ``step``), keyed by the callback's tag prefix (``""`` without one): two callbacks in one Trainer write under
+    their own prefixes, and their records must not merge by step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(path), size_guidance=SIZE_GUIDANCE)
     accumulator.Reload()
-    found: dict[str, dict[int, dict[str, Any]]] = {}
+    found: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
     for tag in accumulator.Tags().get("tensors", []):
         base = tag.removesuffix("/text_summary")  # written by a writer that is not torch's SummaryWriter
-        if base != tb.DEAD_STATE and not base.endswith(f"/{tb.DEAD_STATE}"):
+        kind = next((k for k in kinds if base == k or base.endswith(f"/{k}")), None)
+        if kind is None:
             continue
-        by_step = found.setdefault(base[: -len(tb.DEAD_STATE)].rstrip("/"), {})
+        by_step = found.setdefault(base[: -len(kind)].rstrip("/"), {})
         for event in accumulator.Tensors(tag):
             try:
                 record = json.loads(event.tensor_proto.string_val[0].decode("utf-8"))
             except (IndexError, UnicodeDecodeError, json.JSONDecodeError):
                 continue
-            if isinstance(record, dict) and isinstance(record.get("layers"), dict):
-                record["step"] = event.step
-                by_step[event.step] = record  # a later write of the same step (a resumed run) wins
-    return {prefix: [by_step[step] for step in sorted(by_step)] for prefix, by_step in sorted(found.items())}
+            if isinstance(record, dict) and isinstance(record.get("layers"), dict | list):
+                record.update(kind=kind, step=event.step)
+                by_step[kind, event.step] = record  # a later write of the same step (a resumed run) wins
+    return {prefix: [by_step[key] for key in sorted(by_step)] for prefix, by_step in sorted(found.items())}
 
 
 def load_runs(logdir: str | os.PathLike) -> list[Run]:
@@ -90,10 +98,17 @@ def load_runs(logdir: str | os.PathLike) -> list[Run]:
     runs = []
     for path in dirs:
         name = "." if path == root else str(path.relative_to(root)) if root in path.parents else str(path)
-        for prefix, records in _records_by_prefix(path).items():
+        for prefix, found in _records_by_prefix(path, tb.DEAD_STATE, tb.SIMILARITY_STATE).items():
+            records = [r for r in found if r["kind"] == tb.DEAD_STATE and isinstance(r["layers"], dict)]
+            similarity = [r for r in found if r["kind"] == tb.SIMILARITY_STATE and isinstance(r.get("cka"), list)]
             if records:
                 runs.append(
-                    Run(name=f"{name} [{prefix}]" if prefix else name, path=str(path.resolve()), records=records)
+                    Run(
+                        name=f"{name} [{prefix}]" if prefix else name,
+                        path=str(path.resolve()),
+                        records=records,
+                        similarity=similarity[-1] if similarity else None,
+                    )
                 )
     if not runs:
         raise ReportError(
@@ -104,7 +119,7 @@ def load_runs(logdir: str | os.PathLike) -> list[Run]:
     return runs
 
 
-def summarize(run: Run) -> dict[str, Any]:
+def summarize(run: Run, settled_below: float = SETTLED_BELOW, settled_events: int = SETTLED_EVENTS) -> dict[str, Any]:
     """A JSON-ready summary of one run: per layer the dead fraction at each event, the channels dead now,
     the persistently dead ones (with the epoch/step they died), never-positive ones, and every revival."""
     records = run.records
@@ -118,6 +133,8 @@ def summarize(run: Run) -> dict[str, Any]:
         for record in records:
             layer = record["layers"].get(name)
             fractions.append(len(layer["dead"]) / layer["channels"] if layer and layer["channels"] else None)
+        change = [record.get(tb.LAYER_CHANGE, {}).get(name) for record in records]
+        from_start = [record.get(tb.LAYER_CHANGE_FROM_START, {}).get(name) for record in records]
         now = last["layers"].get(name)
         layers.append(
             {
@@ -128,6 +145,9 @@ def summarize(run: Run) -> dict[str, Any]:
                 "persistent": now["persistent"] if now else [],
                 # still varying and not silenced: no ReLU right after (logits), or a BatchNorm shifts it first
                 "never_positive_alive": sorted(set(now["never_positive"]) - set(now["dead"])) if now else [],
+                "layer_change": change,  # 1 - CKA against the previous event; None where not measured
+                "layer_change_from_start": from_start,
+                "settled": _settled(change, settled_below, settled_events),
             }
         )
     revived = [
@@ -143,7 +163,26 @@ def summarize(run: Run) -> dict[str, Any]:
         "events": [{"step": r["step"], "epoch": r["epoch"]} for r in records],
         "layers": layers,
         "revived": revived,
+        "settled_rule": {"below": settled_below, "events": settled_events},
+        "layer_similarity": run.similarity,
     }
+
+
+def _settled(change: list[float | None], below: float, events: int) -> bool:
+    """Whether the layer's change stayed below ``below`` at each of the last ``events`` events."""
+    last = change[-events:]
+    return len(last) == events and all(value is not None and value < below for value in last)
+
+
+def change_history(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summary's events that measured a change, in the form ``change_figure`` takes (the callback's history)."""
+    found = []
+    for i, event in enumerate(summary["events"]):
+        change = {layer["layer"]: layer["layer_change"][i] for layer in summary["layers"]}
+        change = {name: value for name, value in change.items() if value is not None}
+        if change:
+            found.append({"step": event["step"], "epoch": event["epoch"], "change": change})
+    return found
 
 
 def history(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -169,47 +208,117 @@ def timeline_figure(history: list[dict[str, Any]], title: str | None = None) -> 
     the percentage when the grid is small enough to read it. The figure is built without pyplot, on its own Agg
     canvas: the user's matplotlib backend and pyplot's figures are left alone, and nothing needs closing.
     """
+    from matplotlib.colors import Normalize
+
+    layers, values = _by_layer(history, "dead_fraction")
+    fig, ax, colorbar = _heatmap(100 * values, layers, history, "YlOrRd", Normalize(0, 100), "{:.3g}%", "dead (%)")
+    ax.set_title(title or "dead filters: % of each layer's channels", fontsize=10)
+    colorbar.ax.yaxis.set_major_formatter("{x:.0f}%")
+    return fig
+
+
+def change_figure(history: list[dict[str, Any]], title: str | None = None) -> Figure:
+    """Layers x probe events, each layer's representation change since the previous event (1 - CKA) as colour.
+
+    ``history`` is a list of ``{"step", "epoch", "change": {layer: value}}``, one per event after the first. A layer
+    that has settled turns pale; when layers settle bottom-up the pale region spreads from the top rows (the first
+    layers) down. The colour scale is logarithmic from 1e-4 to 1, so small changes stay apart.
+    """
+    from matplotlib.colors import LogNorm
+
+    layers, values = _by_layer(history, "change")
+    values = values.clip(min=1e-4)  # 0 (a frozen layer) shows as the palest colour, not as a missing cell
+    fig, ax, _ = _heatmap(values, layers, history, "magma_r", LogNorm(1e-4, 1), "{:.2g}", "1 - CKA(previous, now)")
+    ax.set_title(title or "layer change: 1 - CKA with the previous probe event", fontsize=10)
+    return fig
+
+
+def similarity_figure(names: list[str], cka: Any, title: str | None = None) -> Figure:
+    """The layer x layer matrix of debiased linear CKA at one event (1: the two layers see the samples alike)."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    matrix = np.array(cka, dtype=float)
+    size = min(16.0, 2.5 + 0.28 * len(names) + 0.065 * max((len(n) for n in names), default=0))
+    fig = Figure(figsize=(size + 1.0, size), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"].with_extremes(bad="0.85")
+    image = ax.imshow(matrix, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks(range(len(names)), names, fontsize=7, rotation=90)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_title(title or "layer similarity: debiased linear CKA at the last event", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.05, aspect=30, label="CKA")
+    return fig
+
+
+def _by_layer(history: list[dict[str, Any]], key: str) -> tuple[list[str], np.ndarray]:
+    """The layers of ``history`` in order of appearance, and their ``event[key][layer]`` as [layers, events]."""
+    import numpy as np
+
     layers: list[str] = []
     for event in history:
-        layers += [name for name in event["dead_fraction"] if name not in layers]
-    percent = np.full((len(layers), len(history)), np.nan)
+        layers += [name for name in event[key] if name not in layers]
+    values = np.full((len(layers), len(history)), np.nan)
     for col, event in enumerate(history):
         for row, name in enumerate(layers):
-            percent[row, col] = 100 * event["dead_fraction"].get(name, np.nan)
+            values[row, col] = event[key].get(name, np.nan)
+    return layers, values
+
+
+def _heatmap(
+    values: np.ndarray, layers: list[str], history: list[dict[str, Any]], cmap: str, norm: Any, cell: str, label: str
+) -> tuple[Figure, Any, Any]:
+    """A layers x events heatmap on its own Agg canvas (no pyplot), each cell written with ``cell`` while the grid
+    is small enough to read it; returns the figure, its axes and its colour bar."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     names_width = 0.065 * max((len(name) for name in layers), default=0)  # inches of 8 pt tick labels
     width = min(16.0, names_width + max(3.5, 0.55 * len(history)) + 1.8)
     fig = Figure(figsize=(width, max(2.5, 0.3 * len(layers) + 1.5)), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    cmap = colormaps["YlOrRd"].with_extremes(bad="0.85")  # grey: the layer was not probed at that event
-    image = ax.imshow(percent, aspect="auto", cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
+    colours = colormaps[cmap].with_extremes(bad="0.85")  # grey: the layer was not probed at that event
+    image = ax.imshow(values, aspect="auto", cmap=colours, norm=norm, interpolation="nearest")
     if len(layers) <= 40 and len(history) <= 24:
-        for (row, col), value in np.ndenumerate(percent):
+        for (row, col), value in np.ndenumerate(values):
             if not np.isnan(value):
-                ink = _ink(cmap(image.norm(value)))
-                ax.text(col, row, f"{value:.3g}%", ha="center", va="center", fontsize=7, color=ink)
+                ink = _ink(colours(norm(value)))
+                ax.text(col, row, cell.format(value), ha="center", va="center", fontsize=7, color=ink)
     ax.set_yticks(range(len(layers)), layers, fontsize=8)
     ticks = list(range(0, len(history), max(1, len(history) // 12)))
     ax.set_xticks(ticks, [f"{history[i]['step']}\nep {history[i]['epoch']}" for i in ticks], fontsize=7)
     ax.set_xlabel("probe event (global step, epoch)")
-    ax.set_title(title or "dead filters: % of each layer's channels", fontsize=10)
-    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, aspect=30, label="dead (%)")
-    colorbar.ax.yaxis.set_major_formatter("{x:.0f}%")
-    return fig
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, aspect=30, label=label)
+    return fig, ax, colorbar
+
+
+def _rendered(fig: Figure) -> np.ndarray:
+    """``fig`` rendered at its own 100 dpi: uint8 RGB, [H, W, 3] (``add_image(..., dataformats="HWC")``)."""
+    import numpy as np
+
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def timeline_image(history: list[dict[str, Any]], title: str | None = None) -> np.ndarray:
-    """``timeline_figure`` rendered at its own 100 dpi: uint8 RGB, [H, W, 3] (``add_image(..., dataformats="HWC")``)."""
-    import numpy as np
+    """``timeline_figure`` as uint8 RGB [H, W, 3]."""
+    return _rendered(timeline_figure(history, title))
 
-    fig = timeline_figure(history, title)
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+def change_image(history: list[dict[str, Any]], title: str | None = None) -> np.ndarray:
+    """``change_figure`` as uint8 RGB [H, W, 3]."""
+    return _rendered(change_figure(history, title))
+
+
+def similarity_image(names: list[str], cka: Any, title: str | None = None) -> np.ndarray:
+    """``similarity_figure`` as uint8 RGB [H, W, 3]."""
+    return _rendered(similarity_figure(names, cka, title))
 
 
 def _ink(rgba: tuple[float, ...]) -> str:
@@ -229,7 +338,9 @@ def report_command(args: Any) -> int:
     except ReportError as err:
         print(f"fm-callback report: {err}", file=sys.stderr)
         return 1
-    summaries = [summarize(run) for run in runs]
+    below = getattr(args, "settled_below", SETTLED_BELOW)
+    events = getattr(args, "settled_events", SETTLED_EVENTS)
+    summaries = [summarize(run, below, events) for run in runs]
     if args.json:
         print(json.dumps({"logdir": str(args.logdir), "runs": summaries}, indent=2))
     else:
@@ -237,25 +348,40 @@ def report_command(args: Any) -> int:
         for summary in summaries:
             print_summary(console, summary)
     if args.plot:
-        for path in save_plots(summaries, args.plot):
-            print(f"timeline saved to {path}", file=sys.stderr if args.json else sys.stdout)
+        for what, path in save_plots(summaries, args.plot):
+            print(f"{what} saved to {path}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
-def save_plots(summaries: list[dict[str, Any]], target: str) -> list[str]:
-    """One timeline PNG per run: ``target`` itself for one run, ``<stem>.<run>.png`` beside it for several."""
+def save_plots(summaries: list[dict[str, Any]], target: str) -> list[tuple[str, str]]:
+    """Per run, the dead-filter timeline at ``target`` (``<stem>.<run>.png`` beside it for several runs) and, where
+    the run measured them, the layer change heatmap (``<stem>.change.png``) and the layer similarity matrix
+    (``<stem>.similarity.png``) beside it; returns ``(what, path)`` for each picture saved."""
     out = Path(target)
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths = []
+    saved = []
     for summary in summaries:
         path = out
         if len(summaries) > 1:
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in summary["run"]).strip("._") or "run"
             path = out.with_name(f"{out.stem}.{safe}{out.suffix or '.png'}")
-        fig = timeline_figure(history(summary), title=f"dead filters of {summary['run']}: % of each layer's channels")
-        fig.savefig(path, dpi=120)
-        paths.append(str(path))
-    return paths
+        run = summary["run"]
+        figures = [
+            ("timeline", path, timeline_figure(history(summary), f"dead filters of {run}: % of each layer's channels"))
+        ]
+        changes = change_history(summary)
+        if changes:
+            title = f"layer change of {run}: 1 - CKA with the previous probe event"
+            figures.append(("layer change", path.with_name(f"{path.stem}.change.png"), change_figure(changes, title)))
+        similarity = summary.get("layer_similarity")
+        if similarity:
+            title = f"layer similarity of {run}: CKA at step {similarity['step']}"
+            figure = similarity_figure(similarity["layers"], similarity["cka"], title)
+            figures.append(("layer similarity", path.with_name(f"{path.stem}.similarity.png"), figure))
+        for what, where, fig in figures:
+            fig.savefig(where, dpi=120)
+            saved.append((what, str(where)))
+    return saved
 
 
 def _console():
@@ -322,6 +448,17 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
         console.print(_keep_names(console, table))
     else:
         console.print("No channel revived.")
+
+    measured = [layer for layer in summary["layers"] if any(v is not None for v in layer["layer_change"])]
+    if measured:
+        rule = summary["settled_rule"]
+        settled = [layer["layer"] for layer in measured if layer["settled"]]
+        console.print(
+            f"Settled layers (layer_change below {rule['below']:g} at each of the last {rule['events']} events), "
+            "candidates to freeze or to train at a lower learning rate: "
+            + (escape(", ".join(settled)) if settled else "none")
+            + f" ({len(settled)} of {len(measured)})."
+        )
 
     never = [layer for layer in summary["layers"] if layer["never_positive_alive"]]
     if never:

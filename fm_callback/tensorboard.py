@@ -28,9 +28,15 @@ CHANNEL_MEAN = "channel_mean"
 PROBE_INPUT = "probe/input"
 DEAD_TABLE = "dead_filters/table"
 DEAD_TIMELINE = "dead_filters/timeline"
+LAYER_CHANGE = "layer_change"  # 1 - CKA(previous event, now), per layer
+LAYER_CHANGE_FROM_START = "layer_change_from_start"  # 1 - CKA(first event, now), per layer
+LAYER_CHANGE_MAP = "layer_change_map"  # end of fit: layers x events heatmap of layer_change
+LAYER_SIMILARITY = "layer_similarity"  # end of fit: layer x layer CKA at the last event (image)
+ACTIVATIONS = "activations"  # per layer: histogram of the output's values
 # Machine-readable dead-filter record of each event (JSON), read back by `fm-callback report`. Written under
 # its own plugin name, so TensorBoard keeps it in the event file but shows no dashboard for it.
 DEAD_STATE = "fm_callback/dead_state"
+SIMILARITY_STATE = "fm_callback/layer_similarity"  # {"layers": [...], "cka": [[...]]} at the last event
 STATE_PLUGIN = "fm_callback"
 ALL_LAYERS = "all"
 _UNSAFE_TAG_CHARS = re.compile(r"[^-/\w.]")
@@ -57,9 +63,12 @@ def check_prefix(prefix: Any) -> str:
     return prefix.strip("/")
 
 
-def scalar_metrics(result: ProbeResult, prefix: str = "") -> dict[str, float]:
+def scalar_metrics(
+    result: ProbeResult, prefix: str = "", changes: dict[str, dict[str, float]] | None = None
+) -> dict[str, float]:
     """The scalars of one probe event by name: per layer and over all, the dead and dying shares; per layer, the
-    never-positive share (NaN for a layer without channels). Names are the TensorBoard tags.
+    never-positive share (NaN for a layer without channels), and the representation changes given as
+    ``{LAYER_CHANGE: {layer: value}, LAYER_CHANGE_FROM_START: {...}}``. Names are the TensorBoard tags.
 
     The numbers are read through NumPy, not small torch ops: cheap on any thread, and on the writer thread
     each torch op gives up the GIL and may wait milliseconds to get it back while another thread runs Python.
@@ -78,6 +87,9 @@ def scalar_metrics(result: ProbeResult, prefix: str = "") -> dict[str, float]:
         metrics[layer_tag(NEVER_POSITIVE, name, prefix)] = share
     metrics[layer_tag(DEAD_FILTERS, ALL_LAYERS, prefix)] = dead_total / channels_total if channels_total else 0.0
     metrics[layer_tag(DYING_FILTERS, ALL_LAYERS, prefix)] = dying_total / channels_total if channels_total else 0.0
+    for kind, values in (changes or {}).items():
+        for name, value in values.items():
+            metrics[layer_tag(kind, name, prefix)] = value
     return metrics
 
 
@@ -91,6 +103,7 @@ def write_result(
     prefix: str = "",
     with_scalars: bool = True,
     with_input: bool = True,
+    changes: dict[str, dict[str, float]] | None = None,
 ) -> None:
     """Every tag of one probe event, at ``step``, under ``prefix``.
 
@@ -103,8 +116,10 @@ def write_result(
         if report.overlay is not None:
             add_png(writer, layer_tag(OVERLAYS, name, prefix), report.overlay, step)
         writer.add_histogram(layer_tag(CHANNEL_MEAN, name, prefix), report.channel_mean.numpy(), step)
+        if report.histogram is not None:
+            add_value_histogram(writer, layer_tag(ACTIVATIONS, name, prefix), report, step)
     if with_scalars:
-        for name, value in scalar_metrics(result, prefix).items():
+        for name, value in scalar_metrics(result, prefix, changes).items():
             writer.add_scalar(name, value, step)
     if with_input and result.input_image is not None:
         add_png(writer, tag(prefix, PROBE_INPUT), result.input_image, step)
@@ -112,6 +127,34 @@ def write_result(
         writer.add_text(tag(prefix, DEAD_TABLE), dead_table, step)
     if dead_record is not None:
         write_json(writer, tag(prefix, DEAD_STATE), dead_record, step)
+
+
+def add_value_histogram(writer: Any, tag: str, report: Any, step: int) -> None:
+    """A layer's value histogram (binned on the device by the probe) through ``add_histogram_raw``, so the
+    Histograms and Distributions tabs show the layer's values over training. Skipped for a non-finite output."""
+    import numpy as np
+
+    stats = report.stats
+    low, high = float(stats.min.min()), float(stats.max.max())
+    if not (np.isfinite(low) and np.isfinite(high)) or int(stats.nonfinite.sum()):
+        return
+    counts = report.histogram.numpy().astype(np.float64)
+    bins = len(counts)
+    width = high - low if high > low else 1.0
+    limits = low + width * np.arange(1, bins + 1) / bins  # the upper edge of each bin
+    per_channel = counts.sum() / max(1, stats.mean.numel())  # every channel has the same number of values
+    mean, std = stats.mean.numpy().astype(np.float64), stats.std.numpy().astype(np.float64)
+    writer.add_histogram_raw(
+        tag,
+        min=low,
+        max=high,
+        num=int(counts.sum()),
+        sum=float(per_channel * mean.sum()),
+        sum_squares=float(per_channel * (std**2 + mean**2).sum()),
+        bucket_limits=limits.tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )
 
 
 def add_png(writer: Any, tag: str, image: Any, step: int) -> None:
@@ -180,6 +223,21 @@ def write_timeline(writer: Any, history: list[dict[str, Any]], step: int, prefix
     from .report import timeline_image
 
     writer.add_image(tag(prefix, DEAD_TIMELINE), timeline_image(history), step, dataformats="HWC")
+
+
+def write_change_map(writer: Any, history: list[dict[str, Any]], step: int, prefix: str = "") -> None:
+    """The end-of-fit picture of ``layer_change``: layers x events, the change since the previous event as colour."""
+    from .report import change_image
+
+    writer.add_image(tag(prefix, LAYER_CHANGE_MAP), change_image(history), step, dataformats="HWC")
+
+
+def write_similarity(writer: Any, names: list[str], cka: list[list[float]], step: int, prefix: str = "") -> None:
+    """The layer x layer CKA matrix at the last event: a picture, and a JSON record for ``fm-callback report``."""
+    from .report import similarity_image
+
+    writer.add_image(tag(prefix, LAYER_SIMILARITY), similarity_image(names, cka), step, dataformats="HWC")
+    write_json(writer, tag(prefix, SIMILARITY_STATE), {"layers": names, "cka": cka}, step)
 
 
 def write_in_background(device: Any) -> bool:

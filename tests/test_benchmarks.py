@@ -20,6 +20,8 @@ EVENT_TIME_COLUMNS = [
     "event / bare",
     "event, own outputs / bare",
     "stats only / bare",
+    "event, no similarity (ms)",
+    "event / event, no similarity",
     "event+TB (ms)",
     "event+TB / bare",
     "tutorial (ms)",
@@ -99,7 +101,15 @@ def test_bench_event_quick_reports_every_column(tmp_path):
     report = json.loads(path.read_text())
     assert report["machine"]["torch"] and report["machine"]["cores"] >= 1
     (result,) = report["results"]
-    assert set(result["seconds"]) == {"bare", "event", "event_own", "event_stats", "event_tb", "tutorial"}
+    assert set(result["seconds"]) == {
+        "bare",
+        "event",
+        "event_own",
+        "event_stats",
+        "event_nosim",
+        "event_tb",
+        "tutorial",
+    }
     assert all(len(runs) == result["repeats"] for runs in result["seconds"].values())
     assert set(result["extra_peak_bytes"]) == {"event", "event_tb", "tutorial"}
     assert result["largest_activation_bytes"] == 2 * 16 * 32 * 32 * 4

@@ -20,6 +20,8 @@ def test_plain_loop_logs_every_tag_at_each_probe_and_trains_as_without_it(tmp_pa
         assert events.steps("images", f"feature_maps_overlay/{name}") == steps
         assert events.steps("scalars", f"dead_filters/{name}") == steps
         assert events.steps("histograms", f"channel_mean/{name}") == steps
+        assert events.steps("histograms", f"activations/{name}") == steps
+        assert events.steps("scalars", f"layer_change/{name}") == steps[1:]  # from the second probe on
     assert events.steps("scalars", "dead_filters/all") == steps
     assert events.steps("images", "probe/input") == steps
     assert events.steps("scalars", "train_loss") == [1, 2, 3, 4]

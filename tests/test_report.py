@@ -127,7 +127,9 @@ def test_report_plot_one_png_per_run(logdir: Path, tmp_path: Path, capsys) -> No
     shutil.copytree(logdir / "planted", two / "b")
     code, out, _ = run_report(capsys, two, "--json", "--plot", tmp_path / "t.png")
     assert code == 0 and [r["run"] for r in json.loads(out)["runs"]] == ["a/version_0", "b/version_0"]
-    assert sorted(p.name for p in tmp_path.glob("t.*.png")) == ["t.a_version_0.png", "t.b_version_0.png"]
+    assert sorted(p.name for p in tmp_path.glob("t.*.png")) == sorted(
+        f"t.{run}_version_0{kind}.png" for run in "ab" for kind in ("", ".change", ".similarity")
+    )
 
 
 def test_report_errors_say_why(logdir: Path, tmp_path: Path, capsys) -> None:

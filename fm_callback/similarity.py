@@ -1,0 +1,142 @@
+"""How similar two representations of the probe batch are: debiased linear CKA, and the layer value histogram.
+
+A layer's representation of the probe batch is its output flattened to ``X`` of shape ``(N, D)``. Linear CKA
+compares two representations of the same N samples through their N x N Gram matrices ``K = X Xᵀ``; it is
+invariant to an orthogonal transform (a rotation of the channels) and to isotropic scaling, so it measures
+whether the layer sees the samples alike, not whether its weights moved. The debiased form (Nguyen et al. 2021,
+"Do wide and deep networks learn the same things?") uses the unbiased HSIC estimator of Song et al. 2012, which
+needs N >= 4 samples and has no bias towards 1 at small N. Only the Gram matrices are kept, never the activation.
+
+Pure tensor functions, no Lightning: the probe computes :func:`gram` and :func:`value_histogram` inside its
+hooks, on the activation's device; :func:`cka` and :func:`layer_change` compare Gram matrices on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+MIN_SAMPLES = 4  # the unbiased HSIC estimator divides by n - 3
+HISTOGRAM_BINS = 64
+HISTOGRAM_VALUES = 1 << 16  # values binned per layer at most (evenly spread over the output)
+_CHUNK_VALUES = 1 << 22  # values per block of a half-precision activation: 16 MiB as float32, never all of it
+
+
+def flat_samples(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(N, D)``, a view where the memory allows: the feature order does not matter to a Gram matrix,
+    so a channels-last activation is flattened in its own memory order instead of being copied."""
+    n = x.shape[0]
+    if x.is_contiguous():
+        return x.reshape(n, -1)
+    moved = x.movedim(1, -1)
+    return moved.reshape(n, -1) if moved.is_contiguous() else x.reshape(n, -1)
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """The N x N Gram matrix ``X Xᵀ`` of ``x`` (``(N, ...)``, flattened per sample), as float64 on ``x``'s device.
+
+    One float32 matrix product for a float32 activation (about as fast as reading it once: D is large, N small);
+    a half-precision activation is converted in blocks of features, summed in float64, so it is never copied
+    whole. Features are not centred: the debiased HSIC does not depend on a common offset, and centring a
+    strided block costs more than the product. A product that overflows float32 (values near 1e16 and above) is
+    redone in float64 blocks scaled by the largest magnitude, which CKA does not see.
+    """
+    flat = flat_samples(x)
+    n, d = flat.shape
+    if d == 0:
+        return torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    if flat.dtype == torch.float32:
+        result = (flat @ flat.T).double()
+    else:
+        result = _blocked_gram(flat, torch.float32)
+    if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(flat).all()):
+        result = _blocked_gram(flat, torch.float64, scaled=True)
+    return result
+
+
+def _blocked_gram(flat: torch.Tensor, dtype: torch.dtype, scaled: bool = False) -> torch.Tensor:
+    """``flat @ flat.T`` summed over blocks of ``_CHUNK_VALUES`` values in ``dtype``, optionally divided by the
+    square of the largest magnitude; float64."""
+    n = flat.shape[0]
+    scale = None
+    if scaled:
+        low, high = torch.aminmax(flat)
+        scale = torch.maximum(low.abs(), high.abs()).to(dtype).reciprocal()
+    result = torch.zeros(n, n, dtype=torch.float64, device=flat.device)
+    for block in flat.split(max(1, _CHUNK_VALUES // n), dim=1):
+        block = block.to(dtype) if scale is None else block.to(dtype) * scale
+        result += (block @ block.T).double()
+    return result
+
+
+def value_histogram(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+    """Counts of ``x``'s values in ``bins`` equal bins over ``[low, high]`` (0-dim tensors on ``x``'s device, such
+    as the statistics' min and max), as int64 on the device: no copy of ``x`` leaves it, nothing waits for it.
+
+    Binning every value of a large output costs as much as a forward layer on a CPU, so at most
+    ``HISTOGRAM_VALUES`` values are binned, every k-th of the output (k odd, so that a power-of-two width cannot
+    make the sample fall on the same columns). Bucketize and an unweighted bincount, both deterministic on CUDA
+    (``torch.histc`` is not, and needs its range as Python floats, a device sync per layer). A constant activation
+    falls in the first bin.
+    """
+    flat = flat_samples(x).reshape(-1)
+    stride = -(-flat.numel() // HISTOGRAM_VALUES)
+    sample = flat[:: stride | 1].float().contiguous()  # bucketize copies a strided input anyway
+    low, high = low.float(), high.float()
+    width = torch.where(high > low, high - low, torch.ones_like(high))
+    inner = low + width * torch.arange(1, bins, device=x.device, dtype=torch.float32) / bins
+    return torch.bincount(torch.bucketize(sample, inner, out_int32=True), minlength=bins)[:bins].long()
+
+
+def hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:  # noqa: E741 (the papers' names)
+    """The unbiased HSIC estimator of Song et al. (2012) of two N x N Gram matrices, N >= 4, in float64."""
+    n = k.shape[0]
+    k, l = k.double().clone(), l.double().clone()  # noqa: E741
+    k.fill_diagonal_(0)
+    l.fill_diagonal_(0)
+    ones = torch.ones(n, dtype=torch.float64, device=k.device)
+    trace = (k * l).sum()
+    sums = k.sum() * l.sum() / ((n - 1) * (n - 2))
+    cross = 2 * (ones @ k) @ (l @ ones) / (n - 2)
+    return (trace + sums - cross) / (n * (n - 3))
+
+
+def cka(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741
+    """Debiased linear CKA of two Gram matrices of the same N samples; NaN for N < 4, mismatched sizes, or a
+    representation without variance (a layer whose output is the same for every sample)."""
+    if k.shape != l.shape or k.dim() != 2 or k.shape[0] < MIN_SAMPLES:
+        return math.nan
+    denominator = float(hsic(k, k) * hsic(l, l))
+    if not denominator > 0:  # also NaN
+        return math.nan
+    return float(hsic(k, l)) / math.sqrt(denominator)
+
+
+def grams_of(result: Mapping) -> dict[str, torch.Tensor]:
+    """The Gram matrix of every layer of a probe result (a ``ProbeResult``, or a ``{layer: gram}`` dict)."""
+    found = {}
+    for name, value in result.items():
+        value = getattr(value, "gram", value)
+        if isinstance(value, torch.Tensor):
+            found[name] = value
+    return found
+
+
+def layer_change(before: Mapping, after: Mapping) -> dict[str, float]:
+    """``1 - CKA`` per layer present in both: 0 when the layer sees the probe samples exactly as before, near 1
+    when it sees them unrelatedly. ``before`` and ``after`` are probe results on the same batch (or Gram dicts)."""
+    old, new = grams_of(before), grams_of(after)
+    return {name: 1.0 - cka(old[name], gram) for name, gram in new.items() if name in old}
+
+
+def similarity_matrix(grams: Mapping) -> tuple[list[str], torch.Tensor]:
+    """CKA between every pair of layers of one probe result (or Gram dict): ``(names, [L, L] float64 matrix)``."""
+    found = grams_of(grams)
+    names = list(found)
+    matrix = torch.full((len(names), len(names)), math.nan, dtype=torch.float64)
+    for i, a in enumerate(names):
+        for j in range(i, len(names)):
+            matrix[i, j] = matrix[j, i] = cka(found[a], found[names[j]])
+    return names, matrix

@@ -528,17 +528,19 @@ class FeatureMapCallback(pl.Callback):
     # ---- end ---------------------------------------------------------------------------------------------
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._writer is not None and len(self.tracker.history) > 1:
+        if self._writer is None:  # rank > 0, or a disabled run
+            return
+        if len(self.tracker.history) > 1:
             history = list(self.tracker.history)
             self._writer.submit(
                 tb.write_timeline, history, trainer.global_step, self.prefix, what="writing the dead timeline"
             )
-        if self._writer is not None and len(self.change_history) > 1:
+        if len(self.change_history) > 1:
             history = list(self.change_history)
             self._writer.submit(
                 tb.write_change_map, history, trainer.global_step, self.prefix, what="writing the layer change map"
             )
-        if self._writer is not None and self.last_event_step is not None and len(self.previous_grams) > 1:
+        if self.last_event_step is not None and len(self.previous_grams) > 1:
             names, matrix = similarity.similarity_matrix(self.previous_grams)
             self._writer.submit(
                 tb.write_similarity,

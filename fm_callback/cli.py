@@ -45,14 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
 def add_snapshot_parser(sub: argparse._SubParsersAction) -> None:
     snap = sub.add_parser(
         "snapshot",
-        help="feature maps of a torchvision model on image files, written as PNGs and JSON (no training)",
-        description="Run image files through a torchvision model and write, to --out: input.png, a feature-map "
-        "grid and an overlay per layer (feature_maps/, feature_maps_overlay/) and stats.json.",
+        help="feature maps of a model on image files, written as PNGs and JSON (no training)",
+        description="Run image files through a torchvision model or your own and write, to --out: input.png, a "
+        "feature-map grid and an overlay per layer (feature_maps/, feature_maps_overlay/) and stats.json.",
     )
     snap.add_argument(
         "images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...); grids show the first 16"
     )
-    snap.add_argument("--model", required=True, help="torchvision model name, e.g. resnet18, vgg16, mobilenet_v3_small")
+    snap.add_argument(
+        "--model",
+        required=True,
+        help="a torchvision model name (resnet18, vgg16, mobilenet_v3_small, ...) or your own nn.Module class as "
+        "package.module:Class, e.g. examples.shapes:ShapesCNN, imported with the current folder on sys.path (as "
+        "python -m does); it is built with no arguments unless --weights is a Lightning checkpoint of a "
+        "LightningModule (then Class.load_from_checkpoint, with the saved hyper_parameters)",
+    )
     snap.add_argument(
         "--weights",
         help="DEFAULT (or another torchvision weights name; downloads once, needs internet), a local state_dict "

@@ -1,4 +1,5 @@
-"""``fm-callback snapshot``: a torchvision ResNet-18 with local weights on a photo-like image, as a user runs it.
+"""``fm-callback snapshot``: a torchvision ResNet-18 with local weights on a photo-like image, as a user runs it,
+and the user's own model by import path (``--model examples.shapes:ShapesCNN``) with the demo's Lightning checkpoint.
 
 No download anywhere: the weights file is ``torch.save(resnet18().state_dict(), path)``; the DEFAULT path is
 exercised offline by putting that file where torchvision's cache looks, and the failure path with a proxy that
@@ -236,3 +237,209 @@ def test_a_lightning_checkpoint_of_the_resnet18_config(tmp_path, files):
 def test_load_model_rejects_a_head_that_does_not_fit_the_given_classes(files):
     with pytest.raises(SnapshotError, match=r"fc.weight: \(1000, 512\) in the file, \(10, 512\) in the model"):
         load_model("resnet18", str(files["weights"]), num_classes=10)
+
+
+# ---- the user's own model: --model package.module:Class -------------------------------------------------
+
+DEMO_LAYERS = ["features.0", "features.4", "features.8", "features.12"]
+DEMO_INPUT = ["--size", "32", "--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25"]
+USER_NETS = '''
+import lightning.pytorch as pl
+from torch import nn
+
+
+class Backbone(nn.Sequential):
+    """The conv blocks of the demo's ShapesCNN(width=4), as a plain module."""
+
+    def __init__(self):
+        chans = [3, 4, 8, 16, 16]
+        super().__init__(
+            *(
+                layer
+                for c_in, c_out in zip(chans[:-1], chans[1:])
+                for layer in (nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
+            )
+        )
+
+
+class NeedsWidth(nn.Module):
+    def __init__(self, width, depth=2):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3)
+
+
+class LitNoHparams(pl.LightningModule):
+    def __init__(self, width):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3)
+'''
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> dict:
+    """The demo as a user runs it, made tiny: ShapesCNN(width=4) fit for 2 steps, the checkpoint saved by Lightning's
+    own ModelCheckpoint; a procedural shape image; and a package of the user's own classes (``usernets_d``)."""
+    import lightning.pytorch as pl
+    from shapes import MEAN, STD, ShapesCNN, ShapesDataModule, ShapesDataset
+
+    root = tmp_path_factory.mktemp("demo")
+    pl.seed_everything(0)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    model = ShapesCNN(width=4)
+    trainer.fit(model, datamodule=ShapesDataModule(train_size=32, val_size=8, image_size=32, batch_size=16))
+    (checkpoint,) = (root / "checkpoints").glob("*.ckpt")
+    image = ShapesDataset(1, 32, seed=1)[0][0] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
+    Image.fromarray((image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()).save(root / "image.png")
+    package = root / "user" / "usernets_d"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(USER_NETS)
+    (package / "broken.py").write_text("import not_installed_package_d\n")
+    return {"checkpoint": checkpoint, "image": root / "image.png", "model": model.eval(), "user": root / "user"}
+
+
+@pytest.fixture
+def restore_sys_path(monkeypatch):
+    """The command puts the current folder on sys.path; each test gets the path back as it was."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def test_snapshot_of_the_demos_own_checkpoint(demo_run, tmp_path, monkeypatch, restore_sys_path, capsys):
+    """``--model examples.shapes:ShapesCNN --weights <checkpoint>``: load_from_checkpoint with the saved width=4."""
+    from fm_callback.snapshot import image_transform, load_images
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    argv = ["snapshot", "--model", "examples.shapes:ShapesCNN", "--weights", str(demo_run["checkpoint"])]
+    assert main([*argv, str(demo_run["image"]), "--out", str(out), *DEMO_INPUT]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["model"] == "examples.shapes:ShapesCNN"
+    assert "ShapesCNN.load_from_checkpoint" in stats["weights"]
+    assert list(stats["layers"]) == DEMO_LAYERS
+    assert stats["layers"]["features.0"]["shape"] == [1, 4, 32, 32]  # width 4 from the checkpoint's hparams
+    assert [p["name"] for p in stats["predictions"][0]][0] in {"0", "1", "2", "3"}
+    assert all((out / r["grid"]).is_file() and (out / r["overlay"]).is_file() for r in stats["layers"].values())
+
+    # the trained weights were used: the first conv's channel means are the trained model's on the same input
+    batch = load_images([demo_run["image"]], image_transform(None, 32, [0.5] * 3, [0.25] * 3)[0])
+    with torch.no_grad():
+        expected = demo_run["model"].features[0](batch).mean(dim=(0, 2, 3))
+    assert stats["layers"]["features.0"]["channel_mean"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert "features.12" in capsys.readouterr().out
+
+
+def test_the_demo_command_through_the_console_script(demo_run, tmp_path):
+    """The installed ``fm-callback`` script, run in the repository as the README says."""
+    script = Path(sys.executable).parent / "fm-callback"
+    if not script.is_file():
+        pytest.skip("the fm-callback console script is not installed in this environment")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's fm_callback, whatever is installed
+    command = [
+        str(script),
+        "snapshot",
+        "--model",
+        "examples.shapes:ShapesCNN",
+        "--weights",
+        str(demo_run["checkpoint"]),
+    ]
+    done = subprocess.run(
+        [*command, str(demo_run["image"]), "--out", str(tmp_path / "out"), *DEMO_INPUT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(json.loads((tmp_path / "out" / "stats.json").read_text())["layers"]) == DEMO_LAYERS
+
+
+def test_a_plain_module_from_the_current_folder_takes_a_checkpoints_state_dict(
+    demo_run, tmp_path, monkeypatch, restore_sys_path
+):
+    """usernets_d is importable only because the command puts the current folder on sys.path. The plain Backbone
+    takes the ``features.`` part of the Lightning checkpoint's state_dict; a state_dict file works the same."""
+    for name in [name for name in sys.modules if name.startswith("usernets_d")]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, from the current folder
+    monkeypatch.chdir(demo_run["user"])
+    model, entry, note = load_model("usernets_d.nets:Backbone", str(demo_run["checkpoint"]))
+    assert entry is None and "state_dict" in note and not model.training
+    trained = demo_run["model"].features.state_dict()
+    assert model.state_dict().keys() == trained.keys()
+    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+
+    state = {key: value.clone() for key, value in trained.items()}
+    state["0.weight"][:2] = 0  # two dead filters in the first conv
+    state["0.bias"][:2] = -1
+    torch.save(state, tmp_path / "backbone.pth")
+    out = tmp_path / "out"
+    argv = ["snapshot", "--model", "usernets_d.nets.Backbone", "--weights", str(tmp_path / "backbone.pth")]
+    assert main([*argv, str(demo_run["image"]), "--out", str(out), *DEMO_INPUT]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert list(stats["layers"]) == ["0", "4", "8", "12"]
+    assert stats["layers"]["0"]["dead_channels"] == [0, 1]
+    assert stats["predictions"] is None  # a backbone: its output is a feature map, not class scores
+
+
+def test_a_lightning_module_takes_a_state_dict_file(demo_run, tmp_path, monkeypatch, restore_sys_path):
+    """A LightningModule with a plain state_dict file: built with no arguments (ShapesCNN's defaults)."""
+    from shapes import ShapesCNN
+
+    monkeypatch.chdir(ROOT)
+    torch.manual_seed(0)
+    state = ShapesCNN().state_dict()
+    torch.save(state, tmp_path / "shapes.pth")
+    model, _, note = load_model("examples.shapes:ShapesCNN", str(tmp_path / "shapes.pth"))
+    assert note == f"{tmp_path / 'shapes.pth'} (state_dict)"
+    assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("model", "weights", "message"),
+    [
+        ("nothere_d.nets:Net", None, "no module named 'nothere_d' in the current folder"),
+        ("examples.shape:ShapesCNN", "checkpoint", "examples has no module 'shape'; did you mean shapes?"),
+        ("examples.shapes:ShapesCnn", "checkpoint", "examples.shapes has no 'ShapesCnn'; did you mean ShapesCNN?"),
+        ("examples.shapes:ShapesDataset", None, "ShapesDataset is a class but not an nn.Module subclass"),
+        ("usernets_d.broken:Net", None, "No module named 'not_installed_package_d'; install not_installed_package_d"),
+        ("usernets_d.nets:NeedsWidth", "checkpoint", "NeedsWidth() needs the arguments width, and no checkpoint"),
+        ("usernets_d.nets:LitNoHparams", "no_hparams", "LitNoHparams() needs the arguments width"),
+        (
+            "usernets_d.nets:Backbone",
+            "wide.pth",
+            "wrong shape: 0.weight: (8, 3, 3, 3) in the file, (4, 3, 3, 3)",
+        ),
+        ("examples.shapes:ShapesCNN", "no_hparams", "features.0.weight: (4, 3, 3, 3) in the file, (16, 3, 3, 3) in"),
+        ("examples.shapes:ShapesCNN", "missing.ckpt", "--weights: no such file"),
+    ],
+)
+def test_user_model_mistakes_name_the_fix(
+    demo_run, tmp_path, monkeypatch, restore_sys_path, capsys, model, weights, message
+):
+    """Each message names what is wrong and how to fix it; the command exits with 2 and no traceback."""
+    checkpoint = torch.load(demo_run["checkpoint"], weights_only=True)
+    torch.save({**checkpoint, "hyper_parameters": {}}, tmp_path / "no_hparams")  # as without save_hyperparameters()
+    wide = {k: v.repeat(2, 1, 1, 1) for k, v in checkpoint["state_dict"].items() if k == "features.0.weight"}
+    torch.save(wide, tmp_path / "wide.pth")  # twice the filters of the first conv
+    files = {
+        "checkpoint": demo_run["checkpoint"],
+        "no_hparams": tmp_path / "no_hparams",
+        "wide.pth": tmp_path / "wide.pth",
+    }
+    monkeypatch.syspath_prepend(str(demo_run["user"]))
+    monkeypatch.chdir(ROOT)
+    argv = ["snapshot", "--model", model, str(demo_run["image"]), "--out", str(tmp_path / "out")]
+    if weights is not None:
+        argv += ["--weights", str(files.get(weights, weights))]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()

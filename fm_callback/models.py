@@ -1,10 +1,7 @@
-"""The model ``fm-callback snapshot`` looks at: built by name or import path, with weights from a file or torchvision.
-
-``--model resnet18`` is a torchvision classification model; ``--model package.module:Class`` (or
-``package.module.Class``, as LightningCLI's ``class_path``) is the user's own ``nn.Module`` class, imported from the
-current folder as ``python -m`` does. Weights come from torchvision (``DEFAULT``, a weights name), a state_dict file
-or a Lightning checkpoint, always loaded with ``weights_only=True``. Every failure a user can cause ends in a
-:class:`SnapshotError` whose message says what to do.
+"""The model ``fm-callback snapshot`` looks at: a torchvision model by name, or the user's own ``nn.Module`` class
+by import path (``package.module:Class`` or LightningCLI's ``package.module.Class``, imported from the current
+folder as ``python -m`` does), with weights from torchvision, a state_dict file or a Lightning checkpoint (always
+``weights_only=True``). Every failure a user can cause ends in a :class:`SnapshotError` saying what to do.
 """
 
 from __future__ import annotations

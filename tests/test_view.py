@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TinyCNN
+from tensorboard_page import TensorBoardServer, free_port, port_is_free
 from torch.utils.tensorboard import SummaryWriter
 
 from fm_callback import FeatureMapProbe
 from fm_callback.cli import main
 from fm_callback.tensorboard import write_result
-from fm_callback.view import TensorBoardServer, free_port, port_is_free
 
 EVENTS = 13  # more than the 10 steps per image tag TensorBoard keeps by default
 

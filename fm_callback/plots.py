@@ -7,22 +7,20 @@ are left alone, and nothing needs closing), or that figure rendered to ``uint8 [
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import numpy as np
-    from matplotlib.figure import Figure
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
 
 
 def timeline_figure(history: list[dict[str, Any]], title: str | None = None) -> Figure:
     """A matplotlib figure: one row per layer, one column per probe event, the % of dead channels as colour.
 
     ``history`` is a list of ``{"step", "epoch", "dead_fraction": {layer: fraction}}``, one per event. Cells show
-    the percentage when the grid is small enough to read it. The figure is built without pyplot, on its own Agg
-    canvas: the user's matplotlib backend and pyplot's figures are left alone, and nothing needs closing.
-    """
-    from matplotlib.colors import Normalize
-
+    the percentage when the grid is small enough to read it."""
     layers, values = _by_layer(history, "dead_fraction")
     fig, ax, colorbar = _heatmap(100 * values, layers, history, "YlOrRd", Normalize(0, 100), "{:.3g}%", "dead (%)")
     ax.set_title(title or "dead filters: % of each layer's channels", fontsize=10)
@@ -37,8 +35,6 @@ def change_figure(history: list[dict[str, Any]], title: str | None = None) -> Fi
     that has settled turns pale; when layers settle bottom-up the pale region spreads from the top rows (the first
     layers) down. The colour scale is logarithmic from 1e-4 to 1, so small changes stay apart.
     """
-    from matplotlib.colors import LogNorm
-
     layers, values = _by_layer(history, "change")
     values = values.clip(min=1e-4)  # 0 (a frozen layer) shows as the palest colour, not as a missing cell
     fig, ax, _ = _heatmap(values, layers, history, "magma_r", LogNorm(1e-4, 1), "{:.2g}", "1 - CKA(previous, now)")
@@ -48,11 +44,6 @@ def change_figure(history: list[dict[str, Any]], title: str | None = None) -> Fi
 
 def similarity_figure(names: list[str], cka: Any, title: str | None = None) -> Figure:
     """The layer x layer matrix of debiased linear CKA at one event (1: the two layers see the samples alike)."""
-    import numpy as np
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     matrix = np.array(cka, dtype=float)
     size = min(16.0, 2.5 + 0.28 * len(names) + 0.065 * max((len(n) for n in names), default=0))
     fig = Figure(figsize=(size + 1.0, size), layout="constrained")
@@ -69,16 +60,9 @@ def similarity_figure(names: list[str], cka: Any, title: str | None = None) -> F
 
 def _by_layer(history: list[dict[str, Any]], key: str) -> tuple[list[str], np.ndarray]:
     """The layers of ``history`` in order of appearance, and their ``event[key][layer]`` as [layers, events]."""
-    import numpy as np
-
-    layers: list[str] = []
-    for event in history:
-        layers += [name for name in event[key] if name not in layers]
-    values = np.full((len(layers), len(history)), np.nan)
-    for col, event in enumerate(history):
-        for row, name in enumerate(layers):
-            values[row, col] = event[key].get(name, np.nan)
-    return layers, values
+    layers = list(dict.fromkeys(name for event in history for name in event[key]))
+    values = np.array([[event[key].get(name, np.nan) for event in history] for name in layers], dtype=float)
+    return layers, values.reshape(len(layers), len(history))
 
 
 def _heatmap(
@@ -86,11 +70,6 @@ def _heatmap(
 ) -> tuple[Figure, Any, Any]:
     """A layers x events heatmap on its own Agg canvas (no pyplot), each cell written with ``cell`` while the grid
     is small enough to read it; returns the figure, its axes and its colour bar."""
-    import numpy as np
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     names_width = 0.065 * max((len(name) for name in layers), default=0)  # inches of 8 pt tick labels
     width = min(16.0, names_width + max(3.5, 0.55 * len(history)) + 1.8)
     fig = Figure(figsize=(width, max(2.5, 0.3 * len(layers) + 1.5)), layout="constrained")
@@ -113,8 +92,6 @@ def _heatmap(
 
 def _rendered(fig: Figure) -> np.ndarray:
     """``fig`` rendered at its own 100 dpi: uint8 RGB, [H, W, 3] (``add_image(..., dataformats="HWC")``)."""
-    import numpy as np
-
     fig.canvas.draw()
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 

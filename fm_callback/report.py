@@ -218,7 +218,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     )
     _show(console, _fraction_table(console, summary))
     title = f"Dead at the last event (step {last['step']}, epoch {last['epoch']}):"
-    _print_channels(console, title, layers, "dead", "[green]No dead channel at the last event.[/green]")
+    _print_table(console, title, (), _channels(layers, "dead"), "[green]No dead channel at the last event.[/green]")
 
     persistent: dict[tuple, list[int]] = {}  # channels by layer and the event their streak began: a row each
     for layer in layers:
@@ -246,7 +246,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             + f" ({len(settled)} of {len(measured)})."
         )
     title = "Never positive at the last event, not dead (no ReLU silences them: logits, or a BatchNorm first):"
-    _print_channels(console, title, layers, "never_positive_alive")
+    _print_table(console, title, (), _channels(layers, "never_positive_alive"))
     console.print()
 
 
@@ -257,7 +257,7 @@ def _fraction_table(console: Console, summary: dict[str, Any]) -> Table:
         shown = _spread(len(events), most)
         caption = f"{len(shown)} of {len(events)} events shown; --json has them all" if most < len(events) else None
         table = Table(title="Dead fraction per layer over time", caption=caption, title_justify="left", show_edge=False)
-        _name_column(table)
+        table.add_column("layer", style="bold", no_wrap=True)  # kept on one line while the table fits (_show)
         table.add_column("channels", justify="right", no_wrap=True)
         for i in shown:  # three short header lines keep the column as narrow as its percentages
             table.add_column(f"step\n{events[i]['step']}\nep {events[i]['epoch']}", justify="right", overflow="fold")
@@ -269,39 +269,31 @@ def _fraction_table(console: Console, summary: dict[str, Any]) -> Table:
     return table
 
 
-def _print_table(console: Console, title: str, headers: tuple[str, ...], rows: list[tuple], empty: str) -> None:
-    """A table of layer name and ``headers`` (cells that wrap, never splitting a header's word), else ``empty``."""
+def _print_table(console: Console, title: str, headers: tuple[str, ...], rows: list[tuple], empty: str = "") -> None:
+    """A titled table of layer names and ``headers``, whose cells wrap without splitting a header's word (no
+    ``headers``: ``title``, then an indented line per row); ``empty`` instead when there are no ``rows``."""
     if not rows:
-        console.print(empty)
+        if empty:
+            console.print(empty)
         return
-    table = Table(title=title, title_justify="left", show_edge=False)
-    _name_column(table)
-    for header in headers:
-        table.add_column(header, overflow="fold", min_width=max(len(word) for word in header.split()))
+    if headers:
+        table = Table(title=title, title_justify="left", show_edge=False)
+    else:
+        console.print(title)
+        table = Table.grid(padding=(0, 0, 0, 2), pad_edge=True)
+    table.add_column("layer" if headers else None, style="bold", no_wrap=True)  # one line while the table fits
+    for header in headers or [""]:
+        table.add_column(header or None, overflow="fold", min_width=max(map(len, header.split()), default=None))
     for name, *cells in rows:
         table.add_row(escape(name), *cells)
     _show(console, table)
 
 
-def _print_channels(console: Console, title: str, layers: list[dict[str, Any]], key: str, empty: str = "") -> None:
-    """``title``, then per layer with channels ``layer[key]`` an indented line: its name, how many, and which."""
-    layers = [layer for layer in layers if layer[key]]
-    if not layers:
-        if empty:
-            console.print(empty)
-        return
-    grid = Table.grid(padding=(0, 0, 0, 2), pad_edge=True)
-    _name_column(grid)
-    grid.add_column(overflow="fold")
-    for layer in layers:
-        grid.add_row(escape(layer["layer"]), f"{len(layer[key])} of {layer['channels']}: {format_channels(layer[key])}")
-    console.print(title)
-    _show(console, grid)
-
-
-def _name_column(table: Table) -> None:
-    """The layer name column: kept on one line while the table fits (see ``_show``)."""
-    table.add_column("layer" if table.show_header else None, style="bold", no_wrap=True)
+def _channels(layers: list[dict[str, Any]], key: str) -> list[tuple[str, str]]:
+    """Per layer with channels ``layer[key]``: its name, and how many of its channels and which."""
+    return [
+        (la["layer"], f"{len(la[key])} of {la['channels']}: {format_channels(la[key])}") for la in layers if la[key]
+    ]
 
 
 def _show(console: Console, table: Table) -> None:

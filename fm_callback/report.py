@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -168,39 +168,33 @@ def report_command(args: Any) -> int:
         for summary in summaries:
             print_summary(console, summary)
     if args.plot:
-        for what, path in save_plots(summaries, args.plot):
-            print(f"{what} saved to {path}", file=sys.stderr if args.json else sys.stdout)
+        save_plots(summaries, args.plot, sys.stderr if args.json else sys.stdout)
     return 0
 
 
-def save_plots(summaries: list[dict[str, Any]], target: str) -> list[tuple[str, str]]:
+def save_plots(summaries: list[dict[str, Any]], target: str, log: TextIO | None = None) -> None:
     """Per run, the dead-filter timeline at ``target`` (``<stem>.<run>.png`` beside it for several runs) and, where
     the run measured them, the layer change heatmap (``<stem>.change.png``) and the layer similarity matrix
-    (``<stem>.similarity.png``) beside it; returns ``(what, path)`` for each picture saved."""
+    (``<stem>.similarity.png``) beside it; says each picture saved on ``log`` (default: stdout)."""
     out = Path(target)
     out.parent.mkdir(parents=True, exist_ok=True)
-    saved = []
     for summary in summaries:
-        run, path = summary["run"], out
+        run, path, similarity = summary["run"], out, summary["layer_similarity"]
         if len(summaries) > 1:
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run).strip("._") or "run"
             path = out.with_name(f"{out.stem}.{safe}{out.suffix or '.png'}")
-        figures = [
-            ("timeline", path, timeline_figure(history(summary), f"dead filters of {run}: % of each layer's channels"))
-        ]
-        changes = [event for event in history(summary, "layer_change", "change") if event["change"]]
-        if changes:
+        title = f"dead filters of {run}: % of each layer's channels"
+        figures = [("timeline", path, timeline_figure(history(summary), title))]
+        if changes := [event for event in history(summary, "layer_change", "change") if event["change"]]:
             title = f"layer change of {run}: 1 - CKA with the previous probe event"
             figures.append(("layer change", path.with_name(f"{path.stem}.change.png"), change_figure(changes, title)))
-        similarity = summary["layer_similarity"]
         if similarity:
             title = f"layer similarity of {run}: CKA at step {similarity['step']}"
             figure = similarity_figure(similarity["layers"], similarity["cka"], title)
             figures.append(("layer similarity", path.with_name(f"{path.stem}.similarity.png"), figure))
-        for what, where, fig in figures:
-            fig.savefig(where, dpi=120)
-            saved.append((what, str(where)))
-    return saved
+        for what, where, figure in figures:
+            figure.savefig(where, dpi=120)
+            print(f"{what} saved to {where}", file=log)
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:

@@ -92,6 +92,22 @@ def test_view_serves_every_logged_step_and_stops_on_ctrl_c(logdir, options, kept
             process.wait()
 
 
+def test_view_without_port_takes_6006_or_the_next_free_one(logdir):
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 6006))
+            taken.listen()
+        except OSError:
+            pass  # something else holds 6006 already: just as good
+        process, lines = start_view(str(logdir))
+        try:
+            port = int(wait_for_line(lines, r"TensorBoard on http://127\.0\.0\.1:(\d+)/ ").group(1))
+            assert 6006 < port <= 6106
+        finally:
+            process.kill()
+            process.wait()
+
+
 def overlay_tags() -> list[str]:
     return ["feature_maps_overlay/conv1", "feature_maps_overlay/conv2"]
 

@@ -8,8 +8,8 @@ FeatureMapCallback), twice:
 - ``shapes``: at the demo's learning rate, a healthy run;
 - ``lr0.1/shapes``: with ``--lr 0.1``, a learning rate too high for it, where ReLU channels die;
 
-then starts TensorBoard through ``fm_callback.view.TensorBoardServer`` (what ``fm-callback view`` runs) and
-saves with headless Chromium (Debian's ``chromium``) into docs/:
+then starts TensorBoard with the flags ``fm-callback view`` gives it (``TensorBoardServer`` of the tests'
+``tests/tensorboard_page.py``) and saves with headless Chromium (Debian's ``chromium``) into docs/:
 
 - ``images_tab.png``: Images, filtered to ``feature_maps/`` of the demo run, in a 1600 px window (the width
   the grids' channel numbers are sized for): the first row of cards, one per layer;
@@ -26,8 +26,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from fm_callback.view import TensorBoardServer, dashboard_url, screenshot  # noqa: E402
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from tensorboard_page import TensorBoardServer, screenshot  # noqa: E402
+
+from fm_callback.view import dashboard_url  # noqa: E402
 
 DOCS = ROOT / "docs"
 PAGES = [

@@ -1,12 +1,7 @@
-"""Reading fm_callback's event files back (``fm-callback report``), and the end-of-fit pictures: the dead-filter
-timeline, the layer change heatmap and the layer similarity matrix.
-
-The callback writes, at every probe event, a JSON record of the dead filters (tag ``fm_callback/dead_state``,
-see ``tensorboard.py``): per layer the channel count, the dead and never-positive channels, the persistently
-dead ones with the epoch/step their streak began, and those that revived. This module finds every run under
-a log directory, reads those records with TensorBoard's own loader and summarises them per run and layer.
-The records also hold each layer's representation change (``layer_change``, 1 - CKA against the previous event);
-a layer whose change stayed below ``SETTLED_BELOW`` for the last ``SETTLED_EVENTS`` events is reported as settled.
+"""``fm-callback report``: the callback's JSON record of each probe event (tag ``fm_callback/dead_state``, see
+``tensorboard.py``) read back per run and layer: dead, never-positive, persistently dead (since when) and revived
+channels, and the representation change (``layer_change``, 1 - CKA against the previous event). A layer whose change
+stayed below ``SETTLED_BELOW`` at the last ``SETTLED_EVENTS`` events has settled.
 """
 
 from __future__ import annotations
@@ -16,14 +11,16 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from . import tensorboard as tb
+from .plots import change_figure, similarity_figure, timeline_figure
 from .tracking import format_channels
-
-if TYPE_CHECKING:
-    import numpy as np
-    from matplotlib.figure import Figure
+from .view import event_files
 
 # Everything of the scalars and tensors (the records); of the bulky kinds, only the last item is kept.
 SIZE_GUIDANCE = {"scalars": 0, "tensors": 0, "images": 1, "histograms": 1, "audio": 1, "compressedHistograms": 1}
@@ -44,15 +41,6 @@ class Run:
     path: str
     records: list[dict[str, Any]]
     similarity: dict[str, Any] | None = None  # {"layers": [...], "cka": [[...]], "step": int} at the last event
-
-
-def find_event_dirs(logdir: str | os.PathLike) -> list[Path]:
-    """Every directory under ``logdir`` (itself included) holding TensorBoard event files, sorted."""
-    root = Path(logdir)
-    if root.is_file():
-        return [root]
-    found = {Path(d) for d, _, files in os.walk(root) if any("tfevents" in f for f in files)}
-    return sorted(found)
 
 
 def load_records(path: str | os.PathLike, prefix: str = "") -> list[dict[str, Any]]:
@@ -92,24 +80,17 @@ def load_runs(logdir: str | os.PathLike) -> list[Run]:
     root = Path(logdir)
     if not root.exists():
         raise ReportError(f"LOGDIR {str(root)!r} does not exist; pass the directory your TensorBoardLogger writes to")
-    dirs = find_event_dirs(root)
+    dirs = [root] if root.is_file() else sorted({file.parent for file in event_files(root)})
     if not dirs:
         raise ReportError(f"no TensorBoard event files under {str(root)!r}; is this the right log directory?")
     runs = []
     for path in dirs:
-        name = "." if path == root else str(path.relative_to(root)) if root in path.parents else str(path)
         for prefix, found in _records_by_prefix(path, tb.DEAD_STATE, tb.SIMILARITY_STATE).items():
             records = [r for r in found if r["kind"] == tb.DEAD_STATE and isinstance(r["layers"], dict)]
             similarity = [r for r in found if r["kind"] == tb.SIMILARITY_STATE and isinstance(r.get("cka"), list)]
             if records:
-                runs.append(
-                    Run(
-                        name=f"{name} [{prefix}]" if prefix else name,
-                        path=str(path.resolve()),
-                        records=records,
-                        similarity=similarity[-1] if similarity else None,
-                    )
-                )
+                name = str(path.relative_to(root)) + (f" [{prefix}]" if prefix else "")
+                runs.append(Run(name, str(path.resolve()), records, similarity[-1] if similarity else None))
     if not runs:
         raise ReportError(
             f"{len(dirs)} run(s) with event files under {str(root)!r}, but none holds fm_callback data "
@@ -123,31 +104,24 @@ def summarize(run: Run, settled_below: float = SETTLED_BELOW, settled_events: in
     """A JSON-ready summary of one run: per layer the dead fraction at each event, the channels dead now,
     the persistently dead ones (with the epoch/step they died), never-positive ones, and every revival."""
     records = run.records
-    last = records[-1]
-    names: list[str] = []
-    for record in records:
-        names += [n for n in record["layers"] if n not in names]
     layers = []
-    for name in names:
-        fractions = []
-        for record in records:
-            layer = record["layers"].get(name)
-            fractions.append(len(layer["dead"]) / layer["channels"] if layer and layer["channels"] else None)
+    for name in dict.fromkeys(name for record in records for name in record["layers"]):
+        at = [record["layers"].get(name) for record in records]
+        now = at[-1] or {"channels": None, "dead": [], "persistent": [], "never_positive": []}
         change = [record.get(tb.LAYER_CHANGE, {}).get(name) for record in records]
-        from_start = [record.get(tb.LAYER_CHANGE_FROM_START, {}).get(name) for record in records]
-        now = last["layers"].get(name)
+        last = change[-settled_events:]
         layers.append(
             {
                 "layer": name,
-                "channels": now["channels"] if now else None,
-                "dead_fraction": fractions,
-                "dead": now["dead"] if now else [],
-                "persistent": now["persistent"] if now else [],
+                "channels": now["channels"],
+                "dead_fraction": [len(la["dead"]) / la["channels"] if la and la["channels"] else None for la in at],
+                "dead": now["dead"],
+                "persistent": now["persistent"],
                 # still varying and not silenced: no ReLU right after (logits), or a BatchNorm shifts it first
-                "never_positive_alive": sorted(set(now["never_positive"]) - set(now["dead"])) if now else [],
+                "never_positive_alive": sorted(set(now["never_positive"]) - set(now["dead"])),
                 "layer_change": change,  # 1 - CKA against the previous event; None where not measured
-                "layer_change_from_start": from_start,
-                "settled": _settled(change, settled_below, settled_events),
+                "layer_change_from_start": [record.get(tb.LAYER_CHANGE_FROM_START, {}).get(name) for record in records],
+                "settled": len(last) == settled_events and all(v is not None and v < settled_below for v in last),
             }
         )
     revived = [
@@ -159,7 +133,7 @@ def summarize(run: Run, settled_below: float = SETTLED_BELOW, settled_events: in
     return {
         "run": run.name,
         "path": run.path,
-        "patience": last.get("patience"),
+        "patience": records[-1].get("patience"),
         "events": [{"step": r["step"], "epoch": r["epoch"]} for r in records],
         "layers": layers,
         "revived": revived,
@@ -168,167 +142,13 @@ def summarize(run: Run, settled_below: float = SETTLED_BELOW, settled_events: in
     }
 
 
-def _settled(change: list[float | None], below: float, events: int) -> bool:
-    """Whether the layer's change stayed below ``below`` at each of the last ``events`` events."""
-    last = change[-events:]
-    return len(last) == events and all(value is not None and value < below for value in last)
-
-
-def change_history(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The summary's events that measured a change, in the form ``change_figure`` takes (the callback's history)."""
-    found = []
-    for i, event in enumerate(summary["events"]):
-        change = {layer["layer"]: layer["layer_change"][i] for layer in summary["layers"]}
-        change = {name: value for name, value in change.items() if value is not None}
-        if change:
-            found.append({"step": event["step"], "epoch": event["epoch"], "change": change})
-    return found
-
-
-def history(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The summary's events in the form ``timeline_figure`` takes (the tracker's history)."""
+def history(summary: dict[str, Any], key: str = "dead_fraction", as_key: str = "dead_fraction") -> list[dict]:
+    """The summary's events in the form the figures take, ``{"step", "epoch", as_key: {layer: layer[key][i]}}``
+    (``timeline_figure``: the defaults; ``change_figure``: ``"layer_change", "change"``)."""
     return [
-        {
-            "step": event["step"],
-            "epoch": event["epoch"],
-            "dead_fraction": {
-                layer["layer"]: layer["dead_fraction"][i]
-                for layer in summary["layers"]
-                if layer["dead_fraction"][i] is not None
-            },
-        }
+        {**event, as_key: {la["layer"]: la[key][i] for la in summary["layers"] if la[key][i] is not None}}
         for i, event in enumerate(summary["events"])
     ]
-
-
-def timeline_figure(history: list[dict[str, Any]], title: str | None = None) -> Figure:
-    """A matplotlib figure: one row per layer, one column per probe event, the % of dead channels as colour.
-
-    ``history`` is a list of ``{"step", "epoch", "dead_fraction": {layer: fraction}}``, one per event. Cells show
-    the percentage when the grid is small enough to read it. The figure is built without pyplot, on its own Agg
-    canvas: the user's matplotlib backend and pyplot's figures are left alone, and nothing needs closing.
-    """
-    from matplotlib.colors import Normalize
-
-    layers, values = _by_layer(history, "dead_fraction")
-    fig, ax, colorbar = _heatmap(100 * values, layers, history, "YlOrRd", Normalize(0, 100), "{:.3g}%", "dead (%)")
-    ax.set_title(title or "dead filters: % of each layer's channels", fontsize=10)
-    colorbar.ax.yaxis.set_major_formatter("{x:.0f}%")
-    return fig
-
-
-def change_figure(history: list[dict[str, Any]], title: str | None = None) -> Figure:
-    """Layers x probe events, each layer's representation change since the previous event (1 - CKA) as colour.
-
-    ``history`` is a list of ``{"step", "epoch", "change": {layer: value}}``, one per event after the first. A layer
-    that has settled turns pale; when layers settle bottom-up the pale region spreads from the top rows (the first
-    layers) down. The colour scale is logarithmic from 1e-4 to 1, so small changes stay apart.
-    """
-    from matplotlib.colors import LogNorm
-
-    layers, values = _by_layer(history, "change")
-    values = values.clip(min=1e-4)  # 0 (a frozen layer) shows as the palest colour, not as a missing cell
-    fig, ax, _ = _heatmap(values, layers, history, "magma_r", LogNorm(1e-4, 1), "{:.2g}", "1 - CKA(previous, now)")
-    ax.set_title(title or "layer change: 1 - CKA with the previous probe event", fontsize=10)
-    return fig
-
-
-def similarity_figure(names: list[str], cka: Any, title: str | None = None) -> Figure:
-    """The layer x layer matrix of debiased linear CKA at one event (1: the two layers see the samples alike)."""
-    import numpy as np
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    matrix = np.array(cka, dtype=float)
-    size = min(16.0, 2.5 + 0.28 * len(names) + 0.065 * max((len(n) for n in names), default=0))
-    fig = Figure(figsize=(size + 1.0, size), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    cmap = colormaps["viridis"].with_extremes(bad="0.85")
-    image = ax.imshow(matrix, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks(range(len(names)), names, fontsize=7, rotation=90)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_title(title or "layer similarity: debiased linear CKA at the last event", fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.05, aspect=30, label="CKA")
-    return fig
-
-
-def _by_layer(history: list[dict[str, Any]], key: str) -> tuple[list[str], np.ndarray]:
-    """The layers of ``history`` in order of appearance, and their ``event[key][layer]`` as [layers, events]."""
-    import numpy as np
-
-    layers: list[str] = []
-    for event in history:
-        layers += [name for name in event[key] if name not in layers]
-    values = np.full((len(layers), len(history)), np.nan)
-    for col, event in enumerate(history):
-        for row, name in enumerate(layers):
-            values[row, col] = event[key].get(name, np.nan)
-    return layers, values
-
-
-def _heatmap(
-    values: np.ndarray, layers: list[str], history: list[dict[str, Any]], cmap: str, norm: Any, cell: str, label: str
-) -> tuple[Figure, Any, Any]:
-    """A layers x events heatmap on its own Agg canvas (no pyplot), each cell written with ``cell`` while the grid
-    is small enough to read it; returns the figure, its axes and its colour bar."""
-    import numpy as np
-    from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names_width = 0.065 * max((len(name) for name in layers), default=0)  # inches of 8 pt tick labels
-    width = min(16.0, names_width + max(3.5, 0.55 * len(history)) + 1.8)
-    fig = Figure(figsize=(width, max(2.5, 0.3 * len(layers) + 1.5)), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    colours = colormaps[cmap].with_extremes(bad="0.85")  # grey: the layer was not probed at that event
-    image = ax.imshow(values, aspect="auto", cmap=colours, norm=norm, interpolation="nearest")
-    if len(layers) <= 40 and len(history) <= 24:
-        for (row, col), value in np.ndenumerate(values):
-            if not np.isnan(value):
-                ink = _ink(colours(norm(value)))
-                ax.text(col, row, cell.format(value), ha="center", va="center", fontsize=7, color=ink)
-    ax.set_yticks(range(len(layers)), layers, fontsize=8)
-    ticks = list(range(0, len(history), max(1, len(history) // 12)))
-    ax.set_xticks(ticks, [f"{history[i]['step']}\nep {history[i]['epoch']}" for i in ticks], fontsize=7)
-    ax.set_xlabel("probe event (global step, epoch)")
-    colorbar = fig.colorbar(image, ax=ax, fraction=0.05, aspect=30, label=label)
-    return fig, ax, colorbar
-
-
-def _rendered(fig: Figure) -> np.ndarray:
-    """``fig`` rendered at its own 100 dpi: uint8 RGB, [H, W, 3] (``add_image(..., dataformats="HWC")``)."""
-    import numpy as np
-
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-
-
-def timeline_image(history: list[dict[str, Any]], title: str | None = None) -> np.ndarray:
-    """``timeline_figure`` as uint8 RGB [H, W, 3]."""
-    return _rendered(timeline_figure(history, title))
-
-
-def change_image(history: list[dict[str, Any]], title: str | None = None) -> np.ndarray:
-    """``change_figure`` as uint8 RGB [H, W, 3]."""
-    return _rendered(change_figure(history, title))
-
-
-def similarity_image(names: list[str], cka: Any, title: str | None = None) -> np.ndarray:
-    """``similarity_figure`` as uint8 RGB [H, W, 3]."""
-    return _rendered(similarity_figure(names, cka, title))
-
-
-def _ink(rgba: tuple[float, ...]) -> str:
-    """Black or white, whichever reads better on a cell of colour ``rgba`` (WCAG relative luminance)."""
-    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3]]
-    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
-    return "black" if luminance > 0.179 else "white"
-
-
-# ---- the command ---------------------------------------------------------------------------------------------
 
 
 def report_command(args: Any) -> int:
@@ -338,118 +158,78 @@ def report_command(args: Any) -> int:
     except ReportError as err:
         print(f"fm-callback report: {err}", file=sys.stderr)
         return 1
-    below = getattr(args, "settled_below", SETTLED_BELOW)
-    events = getattr(args, "settled_events", SETTLED_EVENTS)
-    summaries = [summarize(run, below, events) for run in runs]
+    summaries = [summarize(run, args.settled_below, args.settled_events) for run in runs]
     if args.json:
         print(json.dumps({"logdir": str(args.logdir), "runs": summaries}, indent=2))
     else:
-        console = _console()
+        console = Console(highlight=False)
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console.width = 160  # piped: wide enough that tables do not wrap
         for summary in summaries:
             print_summary(console, summary)
     if args.plot:
-        for what, path in save_plots(summaries, args.plot):
-            print(f"{what} saved to {path}", file=sys.stderr if args.json else sys.stdout)
+        save_plots(summaries, args.plot, sys.stderr if args.json else sys.stdout)
     return 0
 
 
-def save_plots(summaries: list[dict[str, Any]], target: str) -> list[tuple[str, str]]:
+def save_plots(summaries: list[dict[str, Any]], target: str, log: TextIO | None = None) -> None:
     """Per run, the dead-filter timeline at ``target`` (``<stem>.<run>.png`` beside it for several runs) and, where
     the run measured them, the layer change heatmap (``<stem>.change.png``) and the layer similarity matrix
-    (``<stem>.similarity.png``) beside it; returns ``(what, path)`` for each picture saved."""
+    (``<stem>.similarity.png``) beside it; says each picture saved on ``log`` (default: stdout)."""
     out = Path(target)
     out.parent.mkdir(parents=True, exist_ok=True)
-    saved = []
     for summary in summaries:
-        path = out
+        run, path, similarity = summary["run"], out, summary["layer_similarity"]
         if len(summaries) > 1:
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in summary["run"]).strip("._") or "run"
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in run).strip("._") or "run"
             path = out.with_name(f"{out.stem}.{safe}{out.suffix or '.png'}")
-        run = summary["run"]
-        figures = [
-            ("timeline", path, timeline_figure(history(summary), f"dead filters of {run}: % of each layer's channels"))
-        ]
-        changes = change_history(summary)
-        if changes:
+        title = f"dead filters of {run}: % of each layer's channels"
+        figures = [("timeline", path, timeline_figure(history(summary), title))]
+        if changes := [event for event in history(summary, "layer_change", "change") if event["change"]]:
             title = f"layer change of {run}: 1 - CKA with the previous probe event"
             figures.append(("layer change", path.with_name(f"{path.stem}.change.png"), change_figure(changes, title)))
-        similarity = summary.get("layer_similarity")
         if similarity:
             title = f"layer similarity of {run}: CKA at step {similarity['step']}"
             figure = similarity_figure(similarity["layers"], similarity["cka"], title)
             figures.append(("layer similarity", path.with_name(f"{path.stem}.similarity.png"), figure))
-        for what, where, fig in figures:
-            fig.savefig(where, dpi=120)
-            saved.append((what, str(where)))
-    return saved
+        for what, where, figure in figures:
+            figure.savefig(where, dpi=120)
+            print(f"{what} saved to {where}", file=log)
 
 
-def _console():
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=160)  # piped: wide enough that tables do not wrap
-    return console
-
-
-def print_summary(console: Any, summary: dict[str, Any]) -> None:
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
     """The human-readable report of one run: dead fraction over time, dead now, persistent, revived, never positive.
 
     Layer names are never cut: the over-time table shows as many events as fit beside them at the console's width,
     and a name too long for even one event column wraps onto more lines.
     """
-    from rich.markup import escape
-    from rich.table import Table
-
-    events = summary["events"]
+    events, layers = summary["events"], summary["layers"]
     first, last = events[0], events[-1]
     console.rule(f"[bold]{escape(summary['run'])}[/bold]")
     console.print(
         f"{len(events)} probe event(s), steps {first['step']}-{last['step']} (epochs {first['epoch']}-"
         f"{last['epoch']}); persistently dead = dead for {summary['patience']} consecutive events or more."
     )
-    console.print(_fraction_table(console, summary))
+    _show(console, _fraction_table(console, summary))
+    title = f"Dead at the last event (step {last['step']}, epoch {last['epoch']}):"
+    _print_table(console, title, (), _channels(layers, "dead"), "[green]No dead channel at the last event.[/green]")
 
-    dead = [layer for layer in summary["layers"] if layer["dead"]]
-    if dead:
-        title = f"Dead at the last event (step {last['step']}, epoch {last['epoch']}):"
-        _print_channels(console, title, dead, "dead")
-    else:
-        console.print("[green]No dead channel at the last event.[/green]")
+    persistent: dict[tuple, list[int]] = {}  # channels by layer and the event their streak began: a row each
+    for layer in layers:
+        for e in layer["persistent"]:
+            key = (layer["layer"], _when(e["since_epoch"], e["since_step"]), str(e["events"]))
+            persistent.setdefault(key, []).append(e["channel"])
+    rows = [(name, format_channels(channels), since, n) for (name, since, n), channels in persistent.items()]
+    title, empty = "Persistently dead channels (at the last event)", "No persistently dead channels at the last event."
+    _print_table(console, title, ("channels", "dead since", "events dead"), rows, f"[green]{empty}[/green]")
+    rows = [
+        (r["layer"], str(r["channel"]), _when(r["since_epoch"], r["since_step"]), _when(r["epoch"], r["step"]))
+        for r in summary["revived"]
+    ]
+    title = "Revived channels (persistently dead, then alive again)"
+    _print_table(console, title, ("channel", "dead since", "revived at"), rows, "No channel revived.")
 
-    persistent = [(layer["layer"], entry) for layer in summary["layers"] for entry in layer["persistent"]]
-    if persistent:
-        table = Table(title="Persistently dead channels (at the last event)", title_justify="left", show_edge=False)
-        _name_column(table)
-        for header in ("channels", "dead since", "events dead"):
-            _text_column(table, header)
-        for (name, since_epoch, since_step, count), channels in _group(persistent).items():
-            table.add_row(
-                escape(name), format_channels(channels), f"epoch {since_epoch} (step {since_step})", str(count)
-            )
-        console.print(_keep_names(console, table))
-    else:
-        console.print("[green]No persistently dead channels at the last event.[/green]")
-
-    if summary["revived"]:
-        title = "Revived channels (persistently dead, then alive again)"
-        table = Table(title=title, title_justify="left", show_edge=False)
-        _name_column(table)
-        for header in ("channel", "dead since", "revived at"):
-            _text_column(table, header)
-        for r in summary["revived"]:
-            table.add_row(
-                escape(r["layer"]),
-                str(r["channel"]),
-                f"epoch {r['since_epoch']} (step {r['since_step']})",
-                f"epoch {r['epoch']} (step {r['step']})",
-            )
-        console.print(_keep_names(console, table))
-    else:
-        console.print("No channel revived.")
-
-    measured = [layer for layer in summary["layers"] if any(v is not None for v in layer["layer_change"])]
+    measured = [layer for layer in layers if any(v is not None for v in layer["layer_change"])]
     if measured:
         rule = summary["settled_rule"]
         settled = [layer["layer"] for layer in measured if layer["settled"]]
@@ -459,25 +239,19 @@ def print_summary(console: Any, summary: dict[str, Any]) -> None:
             + (escape(", ".join(settled)) if settled else "none")
             + f" ({len(settled)} of {len(measured)})."
         )
-
-    never = [layer for layer in summary["layers"] if layer["never_positive_alive"]]
-    if never:
-        title = "Never positive at the last event, not dead (no ReLU silences them: logits, or a BatchNorm first):"
-        _print_channels(console, title, never, "never_positive_alive")
+    title = "Never positive at the last event, not dead (no ReLU silences them: logits, or a BatchNorm first):"
+    _print_table(console, title, (), _channels(layers, "never_positive_alive"))
     console.print()
 
 
-def _fraction_table(console: Any, summary: dict[str, Any]) -> Any:
+def _fraction_table(console: Console, summary: dict[str, Any]) -> Table:
     """Dead fraction per layer over time, with as many events (first and last among them) as fit the console."""
-    from rich.markup import escape
-    from rich.table import Table
-
     events = summary["events"]
     for most in range(min(MAX_EVENT_COLUMNS, len(events)), 0, -1):
         shown = _spread(len(events), most)
         caption = f"{len(shown)} of {len(events)} events shown; --json has them all" if most < len(events) else None
         table = Table(title="Dead fraction per layer over time", caption=caption, title_justify="left", show_edge=False)
-        _name_column(table)
+        table.add_column("layer", style="bold", no_wrap=True)  # kept on one line while the table fits (_show)
         table.add_column("channels", justify="right", no_wrap=True)
         for i in shown:  # three short header lines keep the column as narrow as its percentages
             table.add_column(f"step\n{events[i]['step']}\nep {events[i]['epoch']}", justify="right", overflow="fold")
@@ -485,36 +259,39 @@ def _fraction_table(console: Any, summary: dict[str, Any]) -> Any:
             cells = [_percent(layer["dead_fraction"][i]) for i in shown]
             table.add_row(escape(layer["layer"]), str(layer["channels"] or "-"), *cells)
         if _widths(console, table).maximum <= console.width:
-            return table
-    return _keep_names(console, table)
+            break
+    return table
 
 
-def _print_channels(console: Any, title: str, layers: list[dict[str, Any]], key: str) -> None:
-    """``title``, then per layer an indented line: its name, how many of its channels, and which (``layer[key]``)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    grid = Table.grid(padding=(0, 0, 0, 2), pad_edge=True)
-    _name_column(grid)
-    grid.add_column(overflow="fold")
-    for layer in layers:
-        grid.add_row(escape(layer["layer"]), f"{len(layer[key])} of {layer['channels']}: {format_channels(layer[key])}")
-    console.print(title)
-    console.print(_keep_names(console, grid))
-
-
-def _name_column(table: Any) -> None:
-    """The layer name column: kept on one line while the table fits (see ``_keep_names``)."""
-    table.add_column("layer" if table.show_header else None, style="bold", no_wrap=True)
-
-
-def _text_column(table: Any, header: str) -> None:
-    """A column whose cells wrap (long channel lists fold), never splitting a word of its header."""
-    table.add_column(header, overflow="fold", min_width=max(len(word) for word in header.split()))
+def _print_table(console: Console, title: str, headers: tuple[str, ...], rows: list[tuple], empty: str = "") -> None:
+    """A titled table of layer names and ``headers``, whose cells wrap without splitting a header's word (no
+    ``headers``: ``title``, then an indented line per row); ``empty`` instead when there are no ``rows``."""
+    if not rows:
+        if empty:
+            console.print(empty)
+        return
+    if headers:
+        table = Table(title=title, title_justify="left", show_edge=False)
+    else:
+        console.print(title)
+        table = Table.grid(padding=(0, 0, 0, 2), pad_edge=True)
+    table.add_column("layer" if headers else None, style="bold", no_wrap=True)  # one line while the table fits
+    for header in headers or [""]:
+        table.add_column(header or None, overflow="fold", min_width=max(map(len, header.split()), default=None))
+    for name, *cells in rows:
+        table.add_row(escape(name), *cells)
+    _show(console, table)
 
 
-def _keep_names(console: Any, table: Any) -> Any:
-    """``table``, its layer names folded onto more lines if they cannot all fit whole: wrapped, never cut short.
+def _channels(layers: list[dict[str, Any]], key: str) -> list[tuple[str, str]]:
+    """Per layer with channels ``layer[key]``: its name, and how many of its channels and which."""
+    return [
+        (la["layer"], f"{len(la[key])} of {la['channels']}: {format_channels(la[key])}") for la in layers if la[key]
+    ]
+
+
+def _show(console: Console, table: Table) -> None:
+    """Print ``table``, its layer names folded onto more lines if they cannot all fit whole: wrapped, never cut short.
 
     Rich narrows the columns that may wrap first, and cuts a ``no_wrap`` column only when that is not enough: the
     names fit when the table's narrowest layout does (every other column either wraps or holds single words).
@@ -522,31 +299,22 @@ def _keep_names(console: Any, table: Any) -> Any:
     if _widths(console, table).minimum > console.width:
         table.columns[0].no_wrap = False
         table.columns[0].overflow = "fold"
-    return table
+    console.print(table)
 
 
-def _widths(console: Any, table: Any) -> Any:
+def _widths(console: Console, table: Table) -> Any:
     """The table's width range with unlimited room: ``maximum`` with nothing wrapped, ``minimum`` with every
     wrapping column at its longest word."""
     return console.measure(table, options=console.options.update_width(1_000_000))
 
 
-def _group(persistent: list[tuple[str, dict[str, Any]]]) -> dict[tuple, list[int]]:
-    """Persistent channels grouped by layer and the event their streak began (one table row each)."""
-    groups: dict[tuple, list[int]] = {}
-    for name, entry in persistent:
-        key = (name, entry["since_epoch"], entry["since_step"], entry["events"])
-        groups.setdefault(key, []).append(entry["channel"])
-    return groups
-
-
 def _spread(total: int, most: int) -> list[int]:
-    """At most ``most`` indices of ``range(total)``, evenly spread, first and last included."""
-    if total <= most:
-        return list(range(total))
-    if most == 1:
-        return [total - 1]
-    return sorted({round(i * (total - 1) / (most - 1)) for i in range(most)})
+    """``most <= total`` indices of ``range(total)``, evenly spread: the last among them, and from 2 on the first."""
+    return sorted({total - 1 - round(i * (total - 1) / max(1, most - 1)) for i in range(most)})
+
+
+def _when(epoch: int, step: int) -> str:
+    return f"epoch {epoch} (step {step})"
 
 
 def _percent(value: float | None) -> str:

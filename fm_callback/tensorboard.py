@@ -220,21 +220,21 @@ def write_json(writer: Any, tag: str, obj: Any, step: int) -> None:
 
 def write_timeline(writer: Any, history: list[dict[str, Any]], step: int, prefix: str = "") -> None:
     """The end-of-fit picture: layers x events, dead share in percent as colour (rendered without pyplot)."""
-    from .report import timeline_image
+    from .plots import timeline_image
 
     writer.add_image(tag(prefix, DEAD_TIMELINE), timeline_image(history), step, dataformats="HWC")
 
 
 def write_change_map(writer: Any, history: list[dict[str, Any]], step: int, prefix: str = "") -> None:
     """The end-of-fit picture of ``layer_change``: layers x events, the change since the previous event as colour."""
-    from .report import change_image
+    from .plots import change_image
 
     writer.add_image(tag(prefix, LAYER_CHANGE_MAP), change_image(history), step, dataformats="HWC")
 
 
 def write_similarity(writer: Any, names: list[str], cka: list[list[float]], step: int, prefix: str = "") -> None:
     """The layer x layer CKA matrix at the last event: a picture, and a JSON record for ``fm-callback report``."""
-    from .report import similarity_image
+    from .plots import similarity_image
 
     writer.add_image(tag(prefix, LAYER_SIMILARITY), similarity_image(names, cka), step, dataformats="HWC")
     write_json(writer, tag(prefix, SIMILARITY_STATE), {"layers": names, "cka": cka}, step)

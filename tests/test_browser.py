@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 from conftest import BATCH_SIZE, TinyCNN, make_trainer, read_events, tiny_dataset
 from PIL import Image
+from tensorboard_page import TensorBoardServer, find_chromium, screenshot
 from torch.utils.data import DataLoader
 
 from fm_callback import FeatureMapCallback
 from fm_callback import render as R
-from fm_callback.view import TensorBoardServer, dashboard_url, find_chromium, screenshot
+from fm_callback.view import dashboard_url
 
 WIDTH, HEIGHT = 1600, 1000  # the window the issue measures: TensorBoard at 1600 px, "Show actual image size" off
 TAGS = {"feature_maps/conv1", "feature_maps/conv2"}

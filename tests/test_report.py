@@ -31,7 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from fm_callback import FeatureMapCallback
 from fm_callback import tensorboard as tb
 from fm_callback.cli import main
-from fm_callback.report import timeline_figure, timeline_image
+from fm_callback.plots import timeline_figure, timeline_image
 
 
 @pytest.fixture(scope="module")

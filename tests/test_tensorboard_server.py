@@ -18,10 +18,10 @@ import pytest
 import torch
 from conftest import BATCHES_PER_EPOCH, TinyCNN, make_trainer, read_events, tiny_loaders
 from PIL import Image
+from tensorboard_page import TensorBoardServer, get_json
 from torch.utils.data import DataLoader, Dataset
 
 from fm_callback import FeatureMapCallback
-from fm_callback.view import TensorBoardServer, get_json
 
 EPOCHS = 3
 STEPS = list(range(EPOCHS * BATCHES_PER_EPOCH + 1))  # step 0 (before training) and after every optimizer step

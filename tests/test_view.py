@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TinyCNN
+from tensorboard_page import TensorBoardServer, free_port, port_is_free
 from torch.utils.tensorboard import SummaryWriter
 
 from fm_callback import FeatureMapProbe
 from fm_callback.cli import main
 from fm_callback.tensorboard import write_result
-from fm_callback.view import TensorBoardServer, free_port, port_is_free
 
 EVENTS = 13  # more than the 10 steps per image tag TensorBoard keeps by default
 
@@ -88,6 +88,22 @@ def test_view_serves_every_logged_step_and_stops_on_ctrl_c(logdir, options, kept
         assert wait_until(lambda: port_is_free(port)), "TensorBoard still holds the port after Ctrl+C"
     finally:
         if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_view_without_port_takes_6006_or_the_next_free_one(logdir):
+    with socket.socket() as taken:
+        try:
+            taken.bind(("127.0.0.1", 6006))
+            taken.listen()
+        except OSError:
+            pass  # something else holds 6006 already: just as good
+        process, lines = start_view(str(logdir))
+        try:
+            port = int(wait_for_line(lines, r"TensorBoard on http://127\.0\.0\.1:(\d+)/ ").group(1))
+            assert 6006 < port <= 6106
+        finally:
             process.kill()
             process.wait()
 

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, IterableDataset
 
 from .probe import ProbeResult, check_input, first_tensor, to_device
@@ -80,19 +81,6 @@ def _first_loader(loaders: Any) -> DataLoader | None:
     return None
 
 
-def _slice(batch: Any, count: int) -> Any:
-    """The first ``count`` samples of a collated batch (tensors along dim 0)."""
-    if isinstance(batch, torch.Tensor):
-        return batch[:count]
-    if isinstance(batch, dict):
-        return {k: _slice(v, count) for k, v in batch.items()}
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_slice(v, count) for v in batch))
-    if isinstance(batch, list | tuple):
-        return type(batch)(_slice(v, count) for v in batch)
-    return batch
-
-
 def _read(trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None) -> Any:
     """The model input of ``probe_batch``, else of the first ``probe_size`` samples of the val (else train) data."""
     batch = probe_batch
@@ -120,8 +108,8 @@ def _read(trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Call
             f"FeatureMapCallback: input_fn failed on the probe batch ({type(err).__name__}: {err}); it gets a "
             "batch as your dataloader yields it (or probe_batch= as given) and must return what the model takes"
         ) from err
-    if probe_batch is None:
-        model_input = _slice(model_input, probe_size)
+    if probe_batch is None:  # the first probe_size samples of every tensor of the collated batch
+        model_input = apply_to_collection(model_input, torch.Tensor, lambda tensor: tensor[:probe_size])
     return to_device(model_input, torch.device("cpu"))
 
 

@@ -66,27 +66,16 @@ def check_prefix(prefix: Any) -> str:
 def scalar_metrics(
     result: ProbeResult, prefix: str = "", changes: dict[str, dict[str, float]] | None = None
 ) -> dict[str, float]:
-    """The scalars of one probe event by name: per layer and over all, the dead and dying shares; per layer, the
-    never-positive share (NaN for a layer without channels), and the representation changes given as
-    ``{LAYER_CHANGE: {layer: value}, LAYER_CHANGE_FROM_START: {...}}``. Names are the TensorBoard tags.
-
-    The numbers are read through NumPy, not small torch ops: cheap on any thread, and on the writer thread
-    each torch op gives up the GIL and may wait milliseconds to get it back while another thread runs Python.
-    """
+    """The scalars of one probe event by name: per layer and over all channels, the dead and dying shares; per
+    layer, the never-positive share (NaN for a layer without channels), and the representation changes given as
+    ``{LAYER_CHANGE: {layer: value}, LAYER_CHANGE_FROM_START: {...}}``. Names are the TensorBoard tags."""
     metrics: dict[str, float] = {}
-    dead_total, dying_total, channels_total = 0, 0, 0
     for name, report in result.items():
-        dead = report.dead.numpy()
-        dying = report.dying.numpy()
-        never_positive = report.stats.never_positive.numpy()
-        dead_total, channels_total = dead_total + int(dead.sum()), channels_total + dead.size
-        dying_total += int(dying.sum())
-        metrics[layer_tag(DEAD_FILTERS, name, prefix)] = float(dead.mean(dtype="float32")) if dead.size else 0.0
-        metrics[layer_tag(DYING_FILTERS, name, prefix)] = float(dying.mean(dtype="float32")) if dying.size else 0.0
-        share = float(never_positive.mean(dtype="float32")) if never_positive.size else float("nan")
-        metrics[layer_tag(NEVER_POSITIVE, name, prefix)] = share
-    metrics[layer_tag(DEAD_FILTERS, ALL_LAYERS, prefix)] = dead_total / channels_total if channels_total else 0.0
-    metrics[layer_tag(DYING_FILTERS, ALL_LAYERS, prefix)] = dying_total / channels_total if channels_total else 0.0
+        metrics[layer_tag(DEAD_FILTERS, name, prefix)] = report.dead_fraction
+        metrics[layer_tag(DYING_FILTERS, name, prefix)] = report.dying_fraction
+        metrics[layer_tag(NEVER_POSITIVE, name, prefix)] = float(report.never_positive.float().mean())  # NaN if empty
+    metrics[layer_tag(DEAD_FILTERS, ALL_LAYERS, prefix)] = result.dead_fraction
+    metrics[layer_tag(DYING_FILTERS, ALL_LAYERS, prefix)] = result.dying_fraction
     for kind, values in (changes or {}).items():
         for name, value in values.items():
             metrics[layer_tag(kind, name, prefix)] = value

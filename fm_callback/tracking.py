@@ -1,16 +1,22 @@
-"""Dead filters over time: per channel, how many consecutive probe events it has been dead.
+"""What changes over probe events: dead streaks per channel, and each layer's representation of the probe batch.
 
-A channel dead for ``patience`` consecutive events is *persistently dead*: reported once (a warning naming
-the layer, the channels and the epoch their streak began), and reported again as *revived* if it ever
-carries information again. Framework-free and small; its whole state is plain Python (ints, lists, dicts),
-so it goes into a Lightning checkpoint as it is and a resumed run carries on counting.
+Dead filters: per channel, how many consecutive probe events it has been dead. A channel dead for ``patience``
+consecutive events is *persistently dead*: reported once (a warning naming the layer, the channels and the epoch
+their streak began), and reported again as *revived* if it ever carries information again. Representation
+change: ``1 - CKA`` of each layer against the previous and the first event (:mod:`.similarity`).
+Framework-free and small; the state is plain Python (ints, lists, dicts) and a few N x N Gram matrices, so it
+goes into a Lightning checkpoint as it is and a resumed run carries on counting.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from . import similarity
 from .probe import ProbeResult
 
 RECORD_VERSION = 1
@@ -188,6 +194,54 @@ class DeadFilterTracker:
         }
         self.history = list(state.get("history", []))
         self.revivals = list(state.get("revivals", []))
+
+
+class ChangeTracker:
+    """Each layer's representation change since the previous and since the first event (``1 - CKA``).
+
+    Keeps only the layers' Gram matrices of the probe batch (float64 [N, N], CPU) at the first and the previous
+    event, and per event the change since the previous one (``history``, for the change map at the end of fit).
+    """
+
+    def __init__(self) -> None:
+        self.first_grams: dict[str, torch.Tensor] = {}
+        self.previous_grams: dict[str, torch.Tensor] = {}
+        self.history: list[dict[str, Any]] = []  # per event: step, epoch, layer_change per layer
+
+    def new_batch(self) -> None:
+        """CKA compares representations of the same samples: a new probe batch starts the comparisons afresh."""
+        self.first_grams, self.previous_grams = {}, {}
+
+    def update(self, result: ProbeResult, step: int, epoch: int) -> tuple[dict[str, float], dict[str, float]]:
+        """This event's changes per layer ``(since the previous event, since the first)``, finite values only
+        (none at the first event, nor with fewer than 4 probe samples); keeps this event's Gram matrices."""
+        grams = similarity.grams_of(result)
+        since_previous, since_first = [
+            {name: v for name, v in similarity.layer_change(before, grams).items() if math.isfinite(v)}
+            for before in (self.previous_grams, self.first_grams)
+        ]
+        self.previous_grams = grams
+        for name, gram in grams.items():
+            self.first_grams.setdefault(name, gram)
+        if since_previous:
+            self.history.append({"step": step, "epoch": epoch, "change": since_previous})
+        return since_previous, since_first
+
+    def similarity(self) -> tuple[list[str], list[list[float | None]]] | None:
+        """The layers' CKA matrix at the last event (``None`` for a missing value: strict JSON); ``None`` with
+        fewer than two layers."""
+        if len(self.previous_grams) < 2:
+            return None
+        names, matrix = similarity.similarity_matrix(self.previous_grams)
+        return names, [[v if math.isfinite(v) else None for v in row] for row in matrix.tolist()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first_grams": self.first_grams, "previous_grams": self.previous_grams, "change_history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.first_grams = dict(state.get("first_grams", {}))
+        self.previous_grams = dict(state.get("previous_grams", {}))
+        self.history = list(state.get("change_history", []))
 
 
 def format_channels(channels: list[int]) -> str:

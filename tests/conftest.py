@@ -127,7 +127,15 @@ class Events:
 
 
 def event_files(root: Path | str) -> list[Path]:
-    return sorted(Path(root).rglob("events.out.tfevents.*"))
+    """Event files under ``root`` in the order they were written: per folder, by the time then the writer counter
+    in the name (``events.out.tfevents.<time>.<host>.<pid>.<counter>``; a plain sort puts ``.10`` before ``.9``)."""
+
+    def written(path: Path) -> tuple:
+        time, counter = path.name.split(".")[3], path.name.rsplit(".", 1)[-1]
+        number = [int(part) if part.isdigit() else -1 for part in (time, counter)]
+        return str(path.parent), *number, path.name
+
+    return sorted(Path(root).rglob("events.out.tfevents.*"), key=written)
 
 
 def read_events(root: Path | str) -> Events:

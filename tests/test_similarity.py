@@ -175,7 +175,7 @@ def test_frozen_layer_shows_no_change_while_trained_layers_do(frozen_run) -> Non
     histogram = events.histograms["activations/conv2"][-1].histogram_value
     assert histogram.num == 8 * 8 * 8 * 8  # every value of this small output, binned on the device
     assert histogram.min <= histogram.max and len(histogram.bucket) == 64
-    assert [h["step"] for h in callback.change_history] == steps
+    assert [h["step"] for h in callback.changes.history] == steps
 
 
 def test_report_names_the_settled_layer_and_plots_the_change(frozen_run, tmp_path, capsys) -> None:
@@ -196,9 +196,9 @@ def test_resumed_run_compares_with_the_events_before_the_checkpoint(tmp_path: Pa
     resumed = FeatureMapCallback(image_layers=[])
     fit(tmp_path, 2, resumed, ckpt_path=str(tmp_path / "e0.ckpt"))
     # the resumed run's first event already has a previous one (restored), so it logs a change at once
-    assert [h["step"] for h in resumed.change_history] == [4, 8]
-    start = np.array(callback.first_grams["conv2"])
-    assert np.array_equal(np.array(resumed.first_grams["conv2"]), start)
+    assert [h["step"] for h in resumed.changes.history] == [4, 8]
+    start = np.array(callback.changes.first_grams["conv2"])
+    assert np.array_equal(np.array(resumed.changes.first_grams["conv2"]), start)
 
 
 def test_a_further_fit_on_new_data_does_not_compare_different_samples(tmp_path: Path) -> None:
@@ -210,5 +210,5 @@ def test_a_further_fit_on_new_data_does_not_compare_different_samples(tmp_path: 
     other = torch.utils.data.DataLoader(tiny_dataset(8, seed=7), batch_size=8)  # as many samples as before
     trainer.fit_loop.max_epochs = 2
     trainer.fit(model, other, other)  # its probe batch is other samples: the CKA history starts again
-    assert [h["step"] for h in callback.change_history] == [4]  # none at step 5, the first event of the new batch
+    assert [h["step"] for h in callback.changes.history] == [4]  # none at step 5, the first event of the new batch
     assert read_events(tmp_path).steps("scalars", "layer_change/conv2") == [4]

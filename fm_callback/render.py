@@ -12,6 +12,7 @@ event file stores it as a palette PNG, a third of the RGB one (see ``tensorboard
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -108,7 +109,8 @@ def normalise_per_channel(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 def colorize(norm: torch.Tensor, lut: torch.Tensor, nonfinite: torch.Tensor | None = None) -> torch.Tensor:
     """Values in [0, 1] of any shape -> uint8 RGB with a trailing dim of 3, through the lookup table."""
-    rgb = lut.to(norm.device)[(norm * (len(lut) - 1)).round().long()]
+    index = (norm * (len(lut) - 1)).round_().to(torch.int32).reshape(-1)
+    rgb = lut.to(norm.device).index_select(0, index).view(*norm.shape, 3)  # 2-3x faster than lut[index] on CPU
     if nonfinite is None:
         return rgb
     magenta = torch.tensor(NONFINITE_RGB, dtype=torch.uint8, device=rgb.device)
@@ -135,7 +137,8 @@ def render_feature_grid(
     if maps is None:
         return None
     norm, nonfinite = normalise_per_channel(maps)
-    return tile(colorize(fit_tile(norm), lut, fit_tile(nonfinite.float()) > 0))
+    nonfinite = fit_tile(nonfinite.float()) > 0 if bool(nonfinite.any()) else None
+    return tile(colorize(fit_tile(norm), lut, nonfinite))
 
 
 def digit_height(width: int) -> int:
@@ -143,6 +146,10 @@ def digit_height(width: int) -> int:
     return max(MIN_DIGIT, math.ceil(SCREEN_DIGIT * width / CARD_WIDTH))
 
 
+# Headers are drawn once per (channels, tile width, digit height) and kept: with the three caches below a grid's
+# header takes under 1 ms, without them 100-170 ms (Pillow parses its built-in font again for every size
+# tried), with only the font and layout cached 14-39 ms (demo and ResNet-18 grids, 2-core machine under load).
+@functools.lru_cache(maxsize=64)
 def _font(digit: int) -> tuple[ImageFont.FreeTypeFont, int]:
     """Pillow's default font at the smallest size whose digits are ``digit`` px tall, and its stroke width.
 
@@ -175,6 +182,7 @@ def _label_width(digits: int, digit: int) -> int:
     return math.ceil(font.getlength("0" * digits)) + 2 * stroke
 
 
+@functools.lru_cache(maxsize=1024)
 def band_layout(channels: int, widest: int, tile_width: int, body_height: int) -> tuple[int, int]:
     """``(columns per band, digit height)`` for ``channels`` columns of tiles ``tile_width`` px wide.
 
@@ -199,8 +207,9 @@ def band_layout(channels: int, widest: int, tile_width: int, body_height: int) -
     return best[1], best[2]
 
 
-def channel_header(channels: list[int], tile_width: int, digit: int) -> torch.Tensor:
-    """``uint8 [3, h, W]``: each channel index, ``digit`` px tall, centred above its column of tiles.
+@functools.lru_cache(maxsize=256)
+def channel_header(channels: tuple[int, ...], tile_width: int, digit: int) -> torch.Tensor:
+    """``uint8 [3, h, W]``, read-only: each channel index, ``digit`` px tall, centred above its column of tiles.
 
     Drawn anti-aliased, then each pixel set to the nearest of ``HEADER_GREYS`` (the darker on a tie, so a
     pixel brighter than the midway grey stays so).
@@ -233,7 +242,7 @@ def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
     for band in range(bands):
         shown = channels[band * cols : (band + 1) * cols]
         left, right = band * cols * (tile_width + PAD), (band * cols + len(shown)) * (tile_width + PAD) - PAD
-        header = channel_header(shown, tile_width, digit)
+        header = channel_header(tuple(shown), tile_width, digit)
         top = band * band_height
         out[:, top : top + header.shape[1], : right - left] = header
         out[:, top + header.shape[1] : top + band_height, : right - left] = grid[:, :, left:right]
@@ -243,7 +252,8 @@ def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
 def input_images(
     x: torch.Tensor, max_samples: int, mean: list[float] | None = None, std: list[float] | None = None
 ) -> torch.Tensor | None:
-    """The probe input as float RGB ``(S, 3, H, W)`` in [0, 1], denormalised when ``mean``/``std`` are known.
+    """The probe input as float RGB ``(S, 3, h, w)`` in [0, 1], denormalised when ``mean``/``std`` are known,
+    fitted to the tile size like feature maps (so an event's overlays are drawn at the size they are shown).
 
     Without them each sample is min-max scaled on its own. ``None`` for inputs that are not images.
     """
@@ -263,12 +273,12 @@ def input_images(
         img = img.expand(-1, 3, -1, -1)
     elif img.shape[1] != 3:
         img = img[:, :1].expand(-1, 3, -1, -1)
-    return img
+    return fit_tile(img)
 
 
 def image_row(images: torch.Tensor) -> torch.Tensor:
-    """Float RGB ``(S, 3, H, W)`` in [0, 1] -> one ``uint8 [3, H', W']`` row, tiles fitted like feature maps."""
-    rgb = (fit_tile(images) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).unsqueeze(0)
+    """Images from :func:`input_images` -> one ``uint8 [3, H, W]`` row of tiles."""
+    rgb = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).unsqueeze(0)
     return tile(rgb)
 
 
@@ -281,11 +291,11 @@ def activation_energy(x: torch.Tensor, max_samples: int) -> torch.Tensor | None:
 
 
 def overlay(images: torch.Tensor, energy: torch.Tensor, lut: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """Blend per-sample energy maps ``(S, h, w)`` over input images ``(S, 3, H, W)``; one uint8 row out."""
+    """Blend per-sample energy maps ``(S, h, w)`` over images from :func:`input_images`; one uint8 row out."""
     heat = F.interpolate(energy.unsqueeze(1).to(images.device), size=images.shape[2:], mode="bilinear")
     lo = heat.amin(dim=(1, 2, 3), keepdim=True)
     hi = heat.amax(dim=(1, 2, 3), keepdim=True)
     heat = torch.nan_to_num((heat - lo) / (hi - lo).clamp(min=1e-12), nan=0.0).clamp(0, 1)
     colour = colorize(heat[:, 0], lut).permute(0, 3, 1, 2).float() / 255
-    blend = fit_tile((1 - alpha) * images + alpha * colour)
+    blend = (1 - alpha) * images + alpha * colour
     return tile((blend * 255).round().to(torch.uint8).permute(0, 2, 3, 1).unsqueeze(0))

@@ -311,13 +311,18 @@ def test_grids_have_at_most_256_colours_and_are_stored_losslessly_as_palette_png
     grid = R.with_header(R.render_feature_grid(x, torch.arange(100, 120), 2, R.colormap_lut()), list(range(100, 120)))
     colours = grid.flatten(1).unique(dim=1)
     assert R.LEVELS + 2 <= colours.shape[1] <= 256  # every level shows, and NaN, and the header's greys
+    small = torch.rand(4, 16, 7, 7, generator=torch.Generator().manual_seed(1))  # 7x7 maps, enlarged 5x
+    enlarged = R.with_header(R.render_feature_grid(small, torch.arange(16), 4, R.colormap_lut()), list(range(16)))
     photo = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     writer = SummaryWriter(tmp_path)
-    add_png(writer, "grid", grid, 0)
-    add_png(writer, "photo", photo, 0)
+    for tag, image in (("grid", grid), ("enlarged", enlarged), ("photo", photo)):
+        add_png(writer, tag, image, 0)
     writer.close()
     events = read_events(tmp_path)
-    for tag, image, mode in (("grid", grid, "P"), ("photo", photo, "RGB")):
+    for tag, image, mode in (("grid", grid, "P"), ("enlarged", enlarged, "P"), ("photo", photo, "RGB")):
         (event,) = events.images[tag]
         assert Image.open(io.BytesIO(event.encoded_image_string)).mode == mode
         assert np.array_equal(decoded(event), image.permute(1, 2, 0).numpy()), tag
+    # under a byte a pixel for noise, and zlib finds the rows an enlarged map repeats
+    assert len(events.images["grid"][0].encoded_image_string) < grid[0].numel()
+    assert len(events.images["enlarged"][0].encoded_image_string) < enlarged[0].numel() / 8

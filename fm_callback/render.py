@@ -2,12 +2,12 @@
 
 Shapes are plain: a grid is ``uint8 [3, H, W]``. Rows are probe samples, columns are channels; the
 columns wrap into bands (see :func:`band_layout`) and a header above each band names the channel of
-each column, drawn with Pillow's built-in font. Each channel is min-max normalised on its own over the
-shown samples, so a weak channel is as visible as a strong one; a constant channel renders as the
-colormap's lowest colour and a NaN/Inf value as magenta.
+each column, drawn once per layer with Pillow's built-in font. Each channel is min-max normalised on
+its own over the shown samples, so a weak channel is as visible as a strong one; a constant channel
+renders as the colormap's lowest colour and a NaN/Inf value as magenta.
 
 A grid has at most 256 colours (``LEVELS`` of the colormap, ``HEADER_GREYS`` and magenta), so the
-event file stores it as a palette PNG, a third of the RGB one (see ``tensorboard.add_png``).
+event file stores it losslessly as a palette PNG, a third to a half of the RGB one (``tensorboard.add_png``).
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ def channel_header(channels: tuple[int, ...], tile_width: int, digit: int) -> to
     """``uint8 [3, h, W]``, read-only: each channel index, ``digit`` px tall, centred above its column of tiles.
 
     Drawn anti-aliased, then each pixel set to the nearest of ``HEADER_GREYS`` (the darker on a tie, so a
-    pixel brighter than the midway grey stays so).
+    pixel brighter than the midway grey stays so). Cached: the shown channels are pinned, so every event of
+    a run draws the same headers.
     """
     font, stroke = _font(digit)
     top = font.getbbox("0123456789", stroke_width=stroke)[1]

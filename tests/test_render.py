@@ -21,9 +21,11 @@ import torch
 from conftest import TinyCNN, make_trainer, read_events, tiny_loaders
 from PIL import Image, ImageDraw
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 from fm_callback import FeatureMapCallback, FeatureMapProbe
 from fm_callback import render as R
+from fm_callback.tensorboard import add_png
 
 INK = (R.BACKGROUND + R.HEADER_INK) // 2  # a header pixel brighter than this is part of a digit
 
@@ -202,14 +204,14 @@ def test_tiles_show_each_channel_normalised_on_its_own(order, cmap):
     tile = tile_side(side)
     factor = tile // side
     layout = Layout.of(rep.grid, 6, max_samples, tile)
-    lut = matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]
+    lut = matplotlib.colormaps[cmap](np.linspace(0, 1, R.LEVELS))[:, :3]  # R.LEVELS colours, see render.py
     grid = rep.grid.permute(1, 2, 0).numpy().astype(int)
     for col, channel in enumerate(rep.channels):
         shown = act[:max_samples, channel]
         lo, hi = shown.min(), shown.max()
         norm = (shown - lo) / (hi - lo) if hi > lo else torch.zeros_like(shown)
         for row in range(max_samples):
-            want_idx = (norm[row] * 255).round().long()
+            want_idx = (norm[row] * (R.LEVELS - 1)).round().long()
             want_idx = want_idx.repeat_interleave(factor, 0).repeat_interleave(factor, 1).numpy()
             want = np.round(lut[want_idx] * 255).astype(int)
             top, left = layout.tile(col, row)
@@ -266,7 +268,8 @@ def test_channel_numbers_are_legible_in_tensorboards_card(c_out, side, dims):
 
 
 def test_png_in_the_event_file_decodes_to_the_grid(tmp_path):
-    """End to end: the PNG TensorBoard stores at step 0 is the grid a probe of the untrained model draws."""
+    """End to end: the PNG TensorBoard stores at step 0 is the grid a probe of the untrained model draws, as a
+    palette PNG (a byte a pixel); the probe input, a photo of many colours, stays RGB."""
     train, val = tiny_loaders()
     probe_batch = next(iter(val))
     model = TinyCNN()
@@ -283,13 +286,43 @@ def test_png_in_the_event_file_decodes_to_the_grid(tmp_path):
         grid = want[layer].grid
         for event in images:
             png = Image.open(io.BytesIO(event.encoded_image_string))
-            assert png.format == "PNG" and png.mode == "RGB"
+            assert png.format == "PNG" and png.mode == "P"
             assert png.size == (event.width, event.height) == (grid.shape[2], grid.shape[1])
-        first = np.asarray(Image.open(io.BytesIO(images[0].encoded_image_string)))
+        first = decoded(images[0])
         assert np.array_equal(first, grid.permute(1, 2, 0).numpy()), layer
-        last = np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)))
+        last = decoded(images[-1])
         assert not np.array_equal(first, last)  # the maps changed as the model learned
     probe_input = events.images["probe/input"][0]
     png = Image.open(io.BytesIO(probe_input.encoded_image_string))
     assert png.mode == "RGB" and png.size == (want.input_image.shape[2], want.input_image.shape[1])
     assert png.size == (3 * (tile_side(16) + R.PAD) - R.PAD, tile_side(16))
+
+
+def decoded(event) -> np.ndarray:
+    """The RGB pixels of an image event's PNG, ``uint8 [H, W, 3]``."""
+    return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
+
+
+def test_grids_have_at_most_256_colours_and_are_stored_losslessly_as_palette_pngs(tmp_path):
+    """A grid with every kind of colour (all colormap levels, NaN, a header of three-digit numbers) fits a
+    palette; add_png stores it as one, and an image of more colours as RGB, both decoding to the same pixels."""
+    x = torch.rand(2, 120, 40, 40, generator=torch.Generator().manual_seed(0))
+    x[0, 110, :3] = math.nan
+    grid = R.with_header(R.render_feature_grid(x, torch.arange(100, 120), 2, R.colormap_lut()), list(range(100, 120)))
+    colours = grid.flatten(1).unique(dim=1)
+    assert R.LEVELS + 2 <= colours.shape[1] <= 256  # every level shows, and NaN, and the header's greys
+    small = torch.rand(4, 16, 7, 7, generator=torch.Generator().manual_seed(1))  # 7x7 maps, enlarged 5x
+    enlarged = R.with_header(R.render_feature_grid(small, torch.arange(16), 4, R.colormap_lut()), list(range(16)))
+    photo = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    writer = SummaryWriter(tmp_path)
+    for tag, image in (("grid", grid), ("enlarged", enlarged), ("photo", photo)):
+        add_png(writer, tag, image, 0)
+    writer.close()
+    events = read_events(tmp_path)
+    for tag, image, mode in (("grid", grid, "P"), ("enlarged", enlarged, "P"), ("photo", photo, "RGB")):
+        (event,) = events.images[tag]
+        assert Image.open(io.BytesIO(event.encoded_image_string)).mode == mode
+        assert np.array_equal(decoded(event), image.permute(1, 2, 0).numpy()), tag
+    # under a byte a pixel for noise, and zlib finds the rows an enlarged map repeats
+    assert len(events.images["grid"][0].encoded_image_string) < grid[0].numel()
+    assert len(events.images["enlarged"][0].encoded_image_string) < enlarged[0].numel() / 8

@@ -12,6 +12,12 @@ from .stats import ChannelStats
 DYING_FIRING = 0.01  # a channel that fires on at most 1 % of the probe batch's positions is dying
 
 
+def share(masks: list[torch.Tensor]) -> float:
+    """The share of True over every element of the boolean ``masks`` (0.0 when they hold none)."""
+    total = sum(mask.numel() for mask in masks)
+    return sum(int(mask.sum()) for mask in masks) / total if total else 0.0
+
+
 @dataclass
 class LayerReport:
     """What one call of one watched layer produced on the probe batch. Tensors are on the CPU."""
@@ -37,8 +43,7 @@ class LayerReport:
 
     @property
     def dead_fraction(self) -> float:
-        dead = self.dead
-        return float(dead.float().mean()) if dead.numel() else 0.0
+        return share([self.dead])
 
     @property
     def dying(self) -> torch.Tensor:
@@ -51,8 +56,7 @@ class LayerReport:
 
     @property
     def dying_fraction(self) -> float:
-        dying = self.dying
-        return float(dying.float().mean()) if dying.numel() else 0.0
+        return share([self.dying])
 
     @property
     def never_positive(self) -> torch.Tensor:
@@ -98,11 +102,9 @@ class ProbeResult(Mapping[str, LayerReport]):
     @property
     def dead_fraction(self) -> float:
         """Dead share over every monitored channel of every layer."""
-        total = sum(r.dead.numel() for r in self.reports.values())
-        return sum(int(r.dead.sum()) for r in self.reports.values()) / total if total else 0.0
+        return share([r.dead for r in self.reports.values()])
 
     @property
     def dying_fraction(self) -> float:
         """Dying share (dead included) over every monitored channel of every layer."""
-        total = sum(r.dying.numel() for r in self.reports.values())
-        return sum(int(r.dying.sum()) for r in self.reports.values()) / total if total else 0.0
+        return share([r.dying for r in self.reports.values()])

@@ -32,7 +32,7 @@ DEFAULT_IMAGE_LAYERS = 6
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move every tensor of a (nested) list/tuple/dict/dataclass to ``device``, as Lightning moves a batch.
 
-    A frozen dataclass comes back as it is, as before ``apply_to_collection`` did this."""
+    A frozen dataclass is passed through unchanged, since it cannot be rebuilt with moved fields."""
     return apply_to_collection(batch, torch.Tensor, torch.Tensor.to, device, allow_frozen=True)
 
 

@@ -1,0 +1,110 @@
+"""What one probe event produced: a report per watched layer, and the whole result keyed by layer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from .stats import ChannelStats
+
+DYING_FIRING = 0.01  # a channel that fires on at most 1 % of the probe batch's positions is dying
+
+
+def share(masks: list[torch.Tensor]) -> float:
+    """The share of True over every element of the boolean ``masks`` (0.0 when they hold none)."""
+    total = sum(mask.numel() for mask in masks)
+    return sum(int(mask.sum()) for mask in masks) / total if total else 0.0
+
+
+@dataclass
+class LayerReport:
+    """What one call of one watched layer produced on the probe batch. Tensors are on the CPU."""
+
+    name: str
+    shape: tuple[int, ...]
+    stats: ChannelStats
+    grid: torch.Tensor | None = None  # uint8 [3, H, W] with the channel-index header
+    channels: list[int] = field(default_factory=list)  # channel index of each grid column
+    overlay: torch.Tensor | None = None  # uint8 [3, H, W]: energy map over the probe input
+    # Measured after the ReLU-like activation(s) this layer's channels reach through channel-keeping ops
+    # (BatchNorm, dropout, pooling); None when no such activation followed in the forward.
+    silenced: torch.Tensor | None = None  # bool [C]: zero at every position of every sample after the activation
+    firing: torch.Tensor | None = None  # float32 [C]: share of positions where the activation's output is non-zero
+    # The representation of the probe batch, for CKA (see ``similarity.py``); None with ``similarity=False``.
+    gram: torch.Tensor | None = None  # float64 [N, N]: Gram matrix X Xᵀ of the output flattened per sample
+    histogram: torch.Tensor | None = None  # int64 [bins]: counts of (a sample of) the output's values over [min, max]
+
+    @property
+    def dead(self) -> torch.Tensor:
+        """Channels that carry no information: constant here, or silenced by the activation that follows."""
+        return self.stats.dead if self.silenced is None else self.stats.dead | self.silenced
+
+    @property
+    def dead_fraction(self) -> float:
+        return share([self.dead])
+
+    @property
+    def dying(self) -> torch.Tensor:
+        """Channels that fire on at most ``DYING_FIRING`` of the positions (dead ones included): the early warning.
+
+        Measured after the following activation when there is one, else on this layer's own output.
+        """
+        firing = self.firing if self.firing is not None else 1.0 - self.stats.zero_fraction
+        return (firing <= DYING_FIRING) | self.dead
+
+    @property
+    def dying_fraction(self) -> float:
+        return share([self.dying])
+
+    @property
+    def never_positive(self) -> torch.Tensor:
+        return self.stats.never_positive
+
+    @property
+    def channel_mean(self) -> torch.Tensor:
+        return self.stats.mean
+
+    @property
+    def channel_std(self) -> torch.Tensor:
+        return self.stats.std
+
+    @property
+    def zero_fraction(self) -> torch.Tensor:
+        return self.stats.zero_fraction
+
+    @property
+    def nonfinite(self) -> torch.Tensor:
+        return self.stats.nonfinite
+
+
+@dataclass
+class ProbeResult(Mapping[str, LayerReport]):
+    """Per-layer reports keyed ``name`` (``name#k`` for the k-th extra call), in forward order."""
+
+    reports: dict[str, LayerReport]
+    input_image: torch.Tensor | None = None  # uint8 [3, H, W]: the probe batch as the model sees it
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.reports)
+
+    def __getitem__(self, name: str) -> LayerReport:
+        return self.reports[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.reports)
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    @property
+    def dead_fraction(self) -> float:
+        """Dead share over every monitored channel of every layer."""
+        return share([r.dead for r in self.reports.values()])
+
+    @property
+    def dying_fraction(self) -> float:
+        """Dying share (dead included) over every monitored channel of every layer."""
+        return share([r.dying for r in self.reports.values()])

@@ -326,3 +326,29 @@ def test_grids_have_at_most_256_colours_and_are_stored_losslessly_as_palette_png
     # under a byte a pixel for noise, and zlib finds the rows an enlarged map repeats
     assert len(events.images["grid"][0].encoded_image_string) < grid[0].numel()
     assert len(events.images["enlarged"][0].encoded_image_string) < enlarged[0].numel() / 8
+
+
+def test_smooth_maps_are_filtered_and_overlays_quantized_to_a_third(tmp_path):
+    """A grid of smooth maps costs a fraction of a byte a pixel (PNG row filters on a palette in colormap
+    order); an overlay of a noisy photo under a heat map, ``quantize=True``, is a palette PNG of about a third
+    of its lossless size and close to it."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 3, 96), torch.linspace(0, 3, 96), indexing="ij")
+    smooth = torch.stack([torch.sin(xx * (c + 1)) * torch.cos(yy + c) for c in range(16)]).expand(4, 16, 96, 96)
+    grid = R.with_header(R.render_feature_grid(smooth, torch.arange(16), 4, R.colormap_lut()), list(range(16)))
+    ramp = torch.stack([xx, yy, 3 - xx])[:, :64, :64] / 3  # a colour gradient with pixel noise
+    photo = (ramp + 0.08 * torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    energy = torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(1))
+    overlay = R.overlay(photo, energy, R.colormap_lut("inferno"))
+    writer = SummaryWriter(tmp_path)
+    add_png(writer, "smooth", grid, 0)
+    add_png(writer, "overlay", overlay, 0, quantize=True)
+    add_png(writer, "lossless", overlay, 0)
+    writer.close()
+    events = read_events(tmp_path)
+    (smooth_png,), (overlay_png,), (lossless_png,) = (events.images[t] for t in ("smooth", "overlay", "lossless"))
+    assert np.array_equal(decoded(smooth_png), grid.permute(1, 2, 0).numpy())
+    assert len(smooth_png.encoded_image_string) < grid[0].numel() / 4
+    assert Image.open(io.BytesIO(overlay_png.encoded_image_string)).mode == "P"
+    assert len(overlay_png.encoded_image_string) < len(lossless_png.encoded_image_string) / 2
+    error = np.abs(decoded(overlay_png).astype(int) - overlay.permute(1, 2, 0).numpy())
+    assert error.mean() < 6 and np.array_equal(decoded(lossless_png), overlay.permute(1, 2, 0).numpy())

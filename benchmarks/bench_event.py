@@ -3,6 +3,7 @@
     python benchmarks/bench_event.py --model vgg16 --batch 8
     python benchmarks/bench_event.py --model all            # resnet18, vgg16, convnext_tiny at 224 px
     python benchmarks/bench_event.py --quick                # a tiny CNN at 32 px: every column in a few seconds
+    python benchmarks/bench_event.py --model resnet18 --against 4006d26   # also the package at a git revision
 
 Per model (random weights, eval, batch of random images), measured side by side in one process with
 interleaved repeats (the order rotates each repeat) and medians:
@@ -16,6 +17,9 @@ interleaved repeats (the order rotates each repeat) and medians:
 - event, own outputs: the event with ``follow_activations=False`` (each conv output judged alone, the default
   before 0.2), to show what following each conv to its ReLU costs;
 - event+TB: the event, then every tag written through the BackgroundWriter to a real SummaryWriter, flushed;
+- with ``--against REV``, event (REV) and event+TB (REV): the same two with the package as it was at that git
+  revision (imported from ``git archive`` as a package of its own), interleaved with the others, each writer with
+  its own event file, so one run gives before/after figures side by side;
 - tutorial: hooks keeping ``.detach().cpu()`` of every conv output, then one matplotlib figure per layer
   (an 8x8 grid of ``imshow`` of the first sample's channels) saved as PNG.
 
@@ -34,12 +38,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import io
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,12 +60,13 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a fresh clone runs without installing the package
 
-from fm_callback import FeatureMapProbe  # noqa: E402
+from fm_callback import FeatureMapProbe, background  # noqa: E402
 from fm_callback import tensorboard as tb  # noqa: E402
 from fm_callback.select import select_layers  # noqa: E402
 
 MODELS = ("resnet18", "vgg16", "convnext_tiny")
 VARIANTS = ("bare", "event", "event_own", "event_stats", "event_nosim", "event_tb", "tutorial")
+THEN_VARIANTS = ("event_then", "event_tb_then")  # with --against REV
 MEMORY_VARIANTS = ("bare", "event", "event_tb", "tutorial")
 MEMORY_KIND = ("RSS rise over a bare forward's, fresh processes", "cuda max_memory_allocated over a bare forward's")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -152,7 +160,7 @@ def largest_activation(model: nn.Module, x: torch.Tensor) -> int:
 class Variants:
     """The four things measured, as zero-argument callables on one model and input."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, workdir: Path) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, workdir: Path, then: Any = None) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -168,9 +176,14 @@ class Variants:
         self.figures = workdir / "tutorial"
         self.figures.mkdir(parents=True, exist_ok=True)
         self.logdir = workdir / "tb"
-        self.writer = tb.BackgroundWriter(SummaryWriter(str(self.logdir)))
+        self.writer = background.BackgroundWriter(SummaryWriter(str(self.logdir)))
         self.step = 0
         self.cuda = x.device.type == "cuda"
+        if then is not None:  # the package at --against REV
+            self.then_tb = importlib.import_module(f"{then.__name__}.tensorboard")
+            self.then_background = getattr(then, "background", self.then_tb)  # older trees: in tensorboard.py
+            self.then_probe = then.FeatureMapProbe(model, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+            self.then_writer = self.then_background.BackgroundWriter(SummaryWriter(str(workdir / "tb_then")))
 
     def sync(self) -> None:
         if self.cuda:
@@ -203,6 +216,16 @@ class Variants:
         self.writer.submit(tb.write_result, result, self.step, what=f"writing step {self.step}")
         self.writer.flush()
 
+    def event_then(self) -> None:
+        self.then_probe.run(self.x)
+        self.sync()
+
+    def event_tb_then(self) -> None:
+        result = self.then_probe.run(self.x)
+        self.step += 1
+        self.then_writer.submit(self.then_tb.write_result, result, self.step, what=f"writing step {self.step}")
+        self.then_writer.flush()
+
     def tutorial(self) -> None:
         """Hooks that keep a CPU copy of every layer, then one matplotlib figure per layer, saved as PNG.
 
@@ -234,11 +257,27 @@ class Variants:
             fig.savefig(self.figures / f"{name}.png")
             self.plt.close(fig)
 
-    def event_file_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.logdir.glob("events.out.tfevents.*"))
+    def event_file_bytes(self, logdir: Path | None = None) -> int:
+        return sum(f.stat().st_size for f in (logdir or self.logdir).glob("events.out.tfevents.*"))
 
     def close(self) -> None:
         self.writer.close(close_writer=True)
+        if hasattr(self, "then_writer"):
+            self.then_writer.close(close_writer=True)
+
+
+def package_at(revision: str, into: Path) -> Any:
+    """``fm_callback`` as it was at a git revision, imported as a package of its own (``fm_callback_then``)."""
+    archive = subprocess.run(["git", "archive", revision, "fm_callback"], cwd=ROOT, check=True, capture_output=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    spec = importlib.util.spec_from_file_location(
+        "fm_callback_then", into / "fm_callback" / "__init__.py", submodule_search_locations=[str(into / "fm_callback")]
+    )
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["fm_callback_then"] = package
+    spec.loader.exec_module(package)
+    return package
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -247,19 +286,23 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def measure_times(v: Variants, repeats: int, tutorial: bool = True) -> tuple[dict[str, list[float]], int]:
-    """Seconds per run of each variant, interleaved (the order rotates each repeat); and event-file bytes/event."""
-    fns = {name: getattr(v, name) for name in VARIANTS if tutorial or name != "tutorial"}
+def measure_times(v: Variants, repeats: int, tutorial: bool = True) -> tuple[dict[str, list[float]], int, int | None]:
+    """Seconds per run of each variant, interleaved (the order rotates each repeat); and event-file bytes per
+    event of this tree's writer and of the ``--against`` revision's (None without one)."""
+    names = [*VARIANTS, *(THEN_VARIANTS if hasattr(v, "then_probe") else ())]
+    fns = {name: getattr(v, name) for name in names if tutorial or name != "tutorial"}
     for fn in fns.values():  # warm-up: first-call costs (allocator, oneDNN primitives, imports) are not timed
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    size_before, steps_before = v.event_file_bytes(), v.step
+    then_dir = v.logdir.parent / "tb_then"
+    size_before, then_before = v.event_file_bytes(), v.event_file_bytes(then_dir)
     for r in range(repeats):
         order = list(fns)[r % len(fns) :] + list(fns)[: r % len(fns)]
         for name in order:
             times[name].append(timed(fns[name]))
-    per_event = (v.event_file_bytes() - size_before) // max(1, v.step - steps_before)
-    return times, per_event
+    per_event = (v.event_file_bytes() - size_before) // repeats
+    then_per_event = (v.event_file_bytes(then_dir) - then_before) // repeats if "event_tb_then" in fns else None
+    return times, per_event, then_per_event
 
 
 # ---- memory ------------------------------------------------------------------------------------------------
@@ -357,9 +400,10 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> di
     model, x = build(name, args.batch, args.size, device)
     largest = largest_activation(model, x)
     with tempfile.TemporaryDirectory() as tmp:
-        v = Variants(model, x, Path(tmp))
+        then = package_at(args.against, Path(tmp) / "then") if args.against else None
+        v = Variants(model, x, Path(tmp), then)
         hooks_before = count_hooks(model)
-        times, bytes_per_event = measure_times(v, args.repeats, tutorial=not args.no_tutorial)
+        times, bytes_per_event, then_bytes_per_event = measure_times(v, args.repeats, tutorial=not args.no_tutorial)
         hooks_left = count_hooks(model) - hooks_before
         extra = cuda_extra_memory(v) if device.type == "cuda" else None
         layers = len(v.layers)
@@ -384,6 +428,8 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> di
         "rss_rise_runs_bytes": rises,
         "extra_peak_memory_kind": MEMORY_KIND[device.type == "cuda"],
         "event_file_bytes_per_event": bytes_per_event,
+        "against": args.against,
+        "against_event_file_bytes_per_event": then_bytes_per_event,
         "hooks_left_after_event": hooks_left,
     }
 
@@ -437,7 +483,19 @@ def tables(results: list[dict[str, Any]]) -> str:
                 str(r["hooks_left_after_event"]),
             ]
         )
-    return f"{markdown(TIME_COLUMNS, time_rows)}\n\n{markdown(MEMORY_COLUMNS, memory_rows)}"
+    text = f"{markdown(TIME_COLUMNS, time_rows)}\n\n{markdown(MEMORY_COLUMNS, memory_rows)}"
+    then_rows = [
+        [r["model"], label, f"{r['median_s'][event] * 1e3:.1f}", f"{r['ratio_to_bare'][event]:.3f}"]
+        + [f"{r['median_s'][event_tb] * 1e3:.1f}", f"{r['ratio_to_bare'][event_tb]:.3f}", str(r[size])]
+        for r in results
+        if r.get("against")
+        for label, event, event_tb, size in (
+            (r["against"], "event_then", "event_tb_then", "against_event_file_bytes_per_event"),
+            ("this tree", "event", "event_tb", "event_file_bytes_per_event"),
+        )
+    ]
+    columns = ["model", "package", "event (ms)", "event / bare", "event+TB (ms)", "event+TB / bare", "bytes/event"]
+    return f"{text}\n\n{markdown(columns, then_rows)}" if then_rows else text
 
 
 def machine() -> dict[str, Any]:
@@ -473,6 +531,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory-runs", type=int, default=3, help="fresh processes per variant for peak RSS (median)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses (CPU)")
     p.add_argument("--no-tutorial", action="store_true", help="skip the slow tutorial-workflow variant (timing)")
+    p.add_argument("--against", metavar="REV", help="also time the package at this git revision (before/after)")
     p.add_argument("--quick", action="store_true", help="tiny CNN, batch 2, 32 px, 3 repeats: a few seconds")
     p.add_argument("--json", type=Path, default=None, help="where to write the results (default benchmarks/results/)")
     p.add_argument("--memory-child", choices=VARIANTS, help=argparse.SUPPRESS)

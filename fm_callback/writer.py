@@ -13,13 +13,14 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from . import background
 from . import tensorboard as tb
 from .probe import ProbeResult
 
 
 class EventWriter:
     """The SummaryWriter of the Trainer's first ``TensorBoardLogger``, else one of our own under the Trainer's log
-    dir, behind a :class:`~.tensorboard.BackgroundWriter` (a thread when training on an accelerator)."""
+    dir, behind a :class:`~.background.BackgroundWriter` (a thread when training on an accelerator)."""
 
     def __init__(self, trainer: pl.Trainer, prefix: str) -> None:
         self.prefix = prefix
@@ -36,8 +37,8 @@ class EventWriter:
                 "Add logger=TensorBoardLogger(...) to keep them beside your other logs."
             )
             writer = SummaryWriter(log_dir)
-        threaded = tb.write_in_background(trainer.strategy.root_device)  # not when training on the CPU
-        self.background = tb.BackgroundWriter(writer, threaded=threaded)
+        threaded = background.write_in_background(trainer.strategy.root_device)  # not when training on the CPU
+        self.background = background.BackgroundWriter(writer, threaded=threaded)
 
     @property
     def log_dir(self) -> str:

@@ -27,7 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fm_callback import FeatureMapCallback, FeatureMapProbe
+from fm_callback import FeatureMapCallback, FeatureMapProbe, background
 from fm_callback import tensorboard as tb
 from fm_callback.report import load_runs
 from fm_callback.stats import channel_stats
@@ -93,7 +93,7 @@ def keep_sigint():
 @pytest.mark.parametrize("threaded", [False, True], ids=["training-thread", "writer-thread"])
 @pytest.mark.parametrize("fault", [RuntimeError, KeyboardInterrupt], ids=["exception", "ctrl-c"])
 def test_a_fit_that_fails_keeps_every_event_before_the_fault(tmp_path, monkeypatch, keep_sigint, threaded, fault):
-    monkeypatch.setattr(tb, "write_in_background", lambda device: threaded)  # the GPU path, on the CPU
+    monkeypatch.setattr(background, "write_in_background", lambda device: threaded)  # the GPU path, on the CPU
     model = FaultAt(step=5, fault=fault)
     trainer = make_trainer(tmp_path, [FeatureMapCallback(every_n_steps=2)], max_epochs=2)
     # Lightning re-raises an exception; after Ctrl+C it exits with status 1.
@@ -115,9 +115,9 @@ import os, signal, sys, threading
 sys.path.insert(0, "tests")
 from conftest import TinyCNN, make_trainer, tiny_dataset
 from torch.utils.data import DataLoader
-from fm_callback import FeatureMapCallback, tensorboard
+from fm_callback import FeatureMapCallback, background
 
-tensorboard.write_in_background = lambda device: True  # the writer thread, as on a GPU
+background.write_in_background = lambda device: True  # the writer thread, as on a GPU
 
 
 class CtrlC(TinyCNN):
@@ -154,7 +154,7 @@ def test_ctrl_c_on_the_writer_thread_path_exits_as_lightning_does(tmp_path):
 
 def test_setup_closes_a_writer_an_earlier_fit_left_open(tmp_path, monkeypatch):
     """A fit that ended without teardown or on_exception (a hook skipped) leaves no thread behind the next fit."""
-    monkeypatch.setattr(tb, "write_in_background", lambda device: True)
+    monkeypatch.setattr(background, "write_in_background", lambda device: True)
     fm = FeatureMapCallback()
     monkeypatch.setattr(fm, "teardown", lambda *args, **kwargs: None)  # the first fit ends without it
     before = set(threading.enumerate())

@@ -261,7 +261,7 @@ class FeatureMapCallback(pl.Callback):
         if self._writer is not None:
             table, record = self.tracker.table(result, change), self.tracker.record(result, change)
             record.update(changes)  # read back by `fm-callback report` (the change heatmap, the settled layers)
-            self._writer.event(result, step, table, record, changes, with_input=self._input_changed(result))
+            self._writer.event(result, step, table, record, metrics, with_input=self._input_changed(result))
 
     def _input_changed(self, result: ProbeResult) -> bool:
         """Whether ``probe/input`` is due: not yet written into this log dir, or a different picture from the last.

@@ -85,14 +85,16 @@ def write_result(
     dead_record: dict | None = None,
     *,
     prefix: str = "",
-    with_scalars: bool = True,
     with_input: bool = True,
     changes: dict[str, dict[str, float]] | None = None,
+    scalars: dict[str, float] | None = None,
 ) -> None:
     """Every tag of one probe event, at ``step``, under ``prefix``.
 
-    ``with_scalars=False`` leaves out the scalars of :func:`scalar_metrics` (Lightning's loggers write them);
-    ``with_input=False`` leaves out ``probe/input`` (already written, unchanged).
+    ``scalars``: the scalars to write, by tag; None: :func:`scalar_metrics` of ``result`` and ``changes``. The
+    callback passes what it computed on the training thread (torch ops on a writer thread slow training's
+    parallel ops), or ``{}`` when Lightning's loggers write them. ``with_input=False`` leaves out ``probe/input``
+    (already written, unchanged).
     """
     for name, report in result.items():
         if report.grid is not None:
@@ -105,9 +107,8 @@ def write_result(
             writer.add_histogram(layer_tag(CHANNEL_MEAN, name, prefix), means, step, bins=30)
         if report.histogram is not None:
             add_value_histogram(writer, layer_tag(ACTIVATIONS, name, prefix), report, step)
-    if with_scalars:
-        for name, value in scalar_metrics(result, prefix, changes).items():
-            writer.add_scalar(name, value, step)
+    for name, value in (scalar_metrics(result, prefix, changes) if scalars is None else scalars).items():
+        writer.add_scalar(name, value, step)
     if with_input and result.input_image is not None:
         add_png(writer, tag(prefix, PROBE_INPUT), result.input_image, step)
     if dead_table:

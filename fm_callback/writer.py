@@ -50,10 +50,11 @@ class EventWriter:
         step: int,
         table: str,
         record: dict[str, Any],
-        changes: dict[str, dict[str, float]],
+        metrics: dict[str, float],
         with_input: bool,
     ) -> None:
-        """Every tag of one probe event (:func:`~.tensorboard.write_result`)."""
+        """Every tag of one probe event (:func:`~.tensorboard.write_result`); ``metrics``, the event's scalars, only
+        into a SummaryWriter of our own (the Trainer's loggers have them)."""
         self.background.submit(
             tb.write_result,
             result,
@@ -61,8 +62,7 @@ class EventWriter:
             table,
             record,
             prefix=self.prefix,
-            changes=changes,
-            with_scalars=self.owns_writer,
+            scalars=metrics if self.owns_writer else {},
             with_input=with_input,
             what=f"writing step {step}",
         )

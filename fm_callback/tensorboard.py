@@ -184,9 +184,10 @@ def png(pixels: Any, quantize: bool = False) -> bytes:
     from PIL import Image
 
     picture = Image.fromarray(np.ascontiguousarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels))
-    if picture.mode == "RGB" and picture.getcolors(256) is None and quantize:
-        picture = picture.quantize(256, method=Image.Quantize.FASTOCTREE).convert("RGB")
     colours = picture.getcolors(256) if picture.mode == "RGB" else None
+    if colours is None and quantize and picture.mode == "RGB":
+        picture = picture.quantize(256, method=Image.Quantize.FASTOCTREE).convert("RGB")
+        colours = picture.getcolors(256)
     if colours is None:
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)

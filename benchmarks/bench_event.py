@@ -211,20 +211,21 @@ class Variants:
         self.sync()
 
     def event_tb(self) -> None:
-        result = self.probe.run(self.x)
-        self.step += 1
-        self.writer.submit(tb.write_result, result, self.step, what=f"writing step {self.step}")
-        self.writer.flush()
+        self._event_written(self.probe, self.writer, tb.write_result)
 
     def event_then(self) -> None:
         self.then_probe.run(self.x)
         self.sync()
 
     def event_tb_then(self) -> None:
-        result = self.then_probe.run(self.x)
+        self._event_written(self.then_probe, self.then_writer, self.then_tb.write_result)
+
+    def _event_written(self, probe: Any, writer: Any, write_result: Callable) -> None:
+        """One event of ``probe``, every tag written through ``writer`` (a BackgroundWriter) and flushed."""
+        result = probe.run(self.x)
         self.step += 1
-        self.then_writer.submit(self.then_tb.write_result, result, self.step, what=f"writing step {self.step}")
-        self.then_writer.flush()
+        writer.submit(write_result, result, self.step, what=f"writing step {self.step}")
+        writer.flush()
 
     def tutorial(self) -> None:
         """Hooks that keep a CPU copy of every layer, then one matplotlib figure per layer, saved as PNG.

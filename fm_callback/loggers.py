@@ -77,8 +77,8 @@ class MlflowImages(LoggerImages):
     with a step slider), and every JSON record as an artifact of the run.
 
     Keys hold only the characters MLflow allows in them, and no ``/``: ``feature_maps/conv1`` is logged as
-    ``feature_maps.conv1``, since MLflow before 3 stores a ``/`` of a key as a ``#`` in the file name, which its
-    own artifact download then refuses.
+    ``feature_maps.conv1``, since MLflow 2.12 (the first with keyed images) to at least 3.10 store a key's ``/`` as
+    a ``#`` in the file name, which its own artifact download then refuses (mlflow/mlflow#22165).
     """
 
     def __init__(self, logger: MLFlowLogger) -> None:

@@ -87,6 +87,18 @@ def test_mlflow_runs_get_every_picture_at_the_scalars_step(mlflow_server, tmp_pa
     assert not event_files(store)
 
 
+@pytest.mark.parametrize(
+    ("layer", "key"),
+    [("layer1.0.conv1", "feature_maps.layer1.0.conv1"), ("relu#1", "feature_maps.relu_call1"), ("bloc_ñ", None)],
+)
+def test_mlflow_keys_hold_only_what_mlflow_takes(layer, key):
+    """Tags may hold any letter (``\\w``) and ``/``; MLflow's keys only ASCII letters, and ours no ``/`` (MLflow 2.12 to
+    at least 3.10 make it a ``#`` in the image's file name, which its download refuses)."""
+    made = mlflow_key(tb.layer_tag(tb.FEATURE_MAPS, layer))
+    assert re.fullmatch(r"[a-zA-Z0-9_\-. ]+", made) and "/" not in made  # MLflow's own rule, less the slash
+    assert key is None or made == key
+
+
 def test_mlflow_file_store_holds_nothing_of_ours(tmp_path, loaders, monkeypatch, caplog):
     from mlflow import MlflowClient
 

@@ -53,6 +53,15 @@ def mlflow_server(tmp_path_factory):
         yield server
 
 
+def mlflow_image_steps(client, run_id: str) -> dict[str, list[int]]:
+    """The steps of each image key of an MLflow run, read from its image files' names."""
+    images: dict[str, list[int]] = {}
+    for artifact in client.list_artifacts(run_id, "images"):
+        if found := MLFLOW_IMAGE.match(Path(artifact.path).name):
+            images.setdefault(found["key"], []).append(int(found["step"]))
+    return {key: sorted(steps) for key, steps in images.items()}
+
+
 def test_mlflow_runs_get_every_picture_at_the_scalars_step(mlflow_server, tmp_path, loaders):
     from mlflow import MlflowClient
 
@@ -63,11 +72,7 @@ def test_mlflow_runs_get_every_picture_at_the_scalars_step(mlflow_server, tmp_pa
     client = MlflowClient(mlflow_server.url)
     assert len({logger.run_id for logger in loggers}) == 2
     for logger in loggers:
-        images: dict[str, list[int]] = {}
-        for artifact in client.list_artifacts(logger.run_id, "images"):
-            if found := MLFLOW_IMAGE.match(Path(artifact.path).name):
-                images.setdefault(found["key"], []).append(int(found["step"]))
-        assert {key: sorted(steps) for key, steps in images.items()} == {
+        assert mlflow_image_steps(client, logger.run_id) == {
             mlflow_key(tag): steps for tag, steps in expected_images().items()
         }
         scalar_steps = [m.step for m in client.get_metric_history(logger.run_id, "dead_filters/all")]
@@ -131,6 +136,12 @@ def wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_CONSOLE", "off")
 
 
+def wandb_image_counts(run: Path) -> dict[str, int]:
+    """How many pictures of each tag a W&B run folder's media holds."""
+    media = run / "files" / "media" / "images"
+    return {tag: len(list(media.glob(f"{tag}_*.png"))) for tag in expected_images()}
+
+
 def test_wandb_offline_runs_get_every_picture(wandb_offline, tmp_path, loaders):
     import wandb
 
@@ -142,9 +153,7 @@ def test_wandb_offline_runs_get_every_picture(wandb_offline, tmp_path, loaders):
     runs = sorted((save_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     for run in runs:
-        media = run / "files" / "media" / "images"
-        counts = {tag: len(list(media.glob(f"{tag}_*.png"))) for tag in expected_images()}
-        assert counts == {tag: len(steps) for tag, steps in expected_images().items()}, run
+        assert wandb_image_counts(run) == {tag: len(steps) for tag, steps in expected_images().items()}, run
         assert read_events(run / "fm_callback").steps("images", "feature_maps/conv1") == EVENT_STEPS
         assert len(list((run / "files" / tb.RECORDS).rglob("*.json"))) == len(EVENT_STEPS) + 1  # + similarity
         assert_report_reads(run)  # once, though the run folder holds both the event files and the records
@@ -171,3 +180,20 @@ def test_two_fits_write_two_runs_apart(tmp_path, loaders, with_tensorboard):
     for name in expected:
         assert_report_reads(tmp_path / name)
     assert with_tensorboard == (not list((tmp_path / "csv").rglob("fm_callback")))
+
+
+def test_every_logger_of_the_trainer_gets_the_pictures(mlflow_server, wandb_offline, tmp_path, loaders):
+    import wandb
+    from mlflow import MlflowClient
+
+    tensorboard = TensorBoardLogger(tmp_path, name="tb")
+    mlflow = MLFlowLogger(experiment_name="all", tracking_uri=mlflow_server.url)
+    fit(tmp_path, [tensorboard, WandbLogger(project="fm", save_dir=str(tmp_path), offline=True), mlflow], loaders, 0)
+    wandb.finish()
+    events = read_events(tensorboard.log_dir)
+    assert {tag: events.steps("images", tag) for tag in expected_images()} == expected_images()
+    [run] = (tmp_path / "wandb").glob("offline-run-*")
+    assert wandb_image_counts(run) == {tag: len(steps) for tag, steps in expected_images().items()}
+    expected = {mlflow_key(tag): steps for tag, steps in expected_images().items()}
+    assert mlflow_image_steps(MlflowClient(mlflow_server.url), mlflow.run_id) == expected
+    assert event_files(tmp_path) == event_files(tensorboard.log_dir)  # the TensorBoardLogger's: none of our own

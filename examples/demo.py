@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import MEAN, STD, ShapesCNN, ShapesDataModule  # noqa: E402
 
 from fm_callback import FeatureMapCallback  # noqa: E402
+from fm_callback.cli import command_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,8 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     trainer.fit(ShapesCNN(lr=args.lr), datamodule=ShapesDataModule(train_size=args.train_size))
     logdir = Path(trainer.logger.log_dir)
     print(f"\nFeature maps and dead filters written to {logdir}")
-    print(f"Look at them:  fm-callback view {args.logdir}")
-    print(f"   or:         tensorboard --logdir {args.logdir} --samples_per_plugin images=1000")
+    print(f"Look at them:  {command_line('fm-callback', 'view', args.logdir)}")
+    tensorboard = command_line("tensorboard", "--logdir", args.logdir, "--samples_per_plugin", "images=1000")
+    print(f"   or:         {tensorboard}")
+    print(f"Dead filters:  {command_line('fm-callback', 'report', args.logdir)}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import CLASSES, MEAN, STD, ShapesDataset  # noqa: E402
 
 from fm_callback import FeatureMapProbe  # noqa: E402
+from fm_callback.cli import command_line  # noqa: E402
 from fm_callback.similarity import layer_change  # noqa: E402
 from fm_callback.tensorboard import LAYER_CHANGE, write_result  # noqa: E402
 
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> nn.Module:
                 print(f"epoch {epoch}: loss {loss.item():.3f}, dead filters {result.dead_fraction:.1%}, change {moved}")
     finally:
         writer.close()
-    print(f"Feature maps written to {args.logdir}; look at them with: fm-callback view {args.logdir}")
+    view = command_line("fm-callback", "view", args.logdir)
+    print(f"Feature maps written to {args.logdir}; look at them with: {view}")
     return model
 
 

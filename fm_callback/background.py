@@ -72,7 +72,8 @@ def use_fast_crc32c() -> bool:
 
 
 class BackgroundWriter:
-    """Runs writes for a SummaryWriter on one daemon thread, at most ``max_pending`` waiting.
+    """Runs writes for a SummaryWriter (or a W&B or MLflow writer of loggers.py) on one daemon thread, at most
+    ``max_pending`` waiting.
 
     ``threaded=False`` runs each write at once on the caller's thread instead (same errors-as-warnings):
     the better choice when training already keeps every CPU core busy, see :func:`write_in_background`.

@@ -53,8 +53,8 @@ class FeatureMapCallback(pl.Callback):
 
     The scalars (``dead_filters/*``, ``dying_filters/*``, ``never_positive/*``, ``layer_change*/*``) go to every
     logger of the Trainer and into ``trainer.callback_metrics`` (``EarlyStopping`` and ``ModelCheckpoint`` can monitor
-    them); the images go to the Trainer's first ``TensorBoardLogger``, else to a SummaryWriter under the Trainer's
-    log dir.
+    them); the images go to the Trainer's first ``TensorBoardLogger`` (else to a SummaryWriter in a folder of this run
+    alone) and to each ``WandbLogger`` and ``MLFlowLogger`` through their own image API (README, "Where it goes").
     """
 
     def __init__(

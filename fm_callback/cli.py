@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +90,17 @@ def add_view_parser(sub: argparse._SubParsersAction) -> None:
     view.add_argument(
         "--samples", type=int, default=100_000, help="steps kept per image/text tag (default 100000: every step)"
     )
+
+
+def command_line(script: str, *args: str) -> str:
+    """``script args`` as a shell line that runs in this Python's environment, activated or not: the script beside
+    this Python (``.venv/bin/fm-callback``; relative when under the current folder), else ``python -m``."""
+    path = Path(sys.executable).parent / script
+    if path.is_file():
+        program = [os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)]
+    else:
+        program = [sys.executable, "-m", "fm_callback" if script == "fm-callback" else script]
+    return shlex.join([*program, *args])
 
 
 def main(argv: list[str] | None = None) -> int:

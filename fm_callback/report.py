@@ -50,52 +50,87 @@ def load_records(path: str | os.PathLike, prefix: str = "") -> list[dict[str, An
 
 
 def _records_by_prefix(path: str | os.PathLike, *kinds: str) -> dict[str, list[dict[str, Any]]]:
-    """Every callback's JSON records of the ``kinds`` tags in ``path`` (by step, each with its ``kind`` and
-    ``step``), keyed by the callback's tag prefix (``""`` without one): two callbacks in one Trainer write under
-    their own prefixes, and their records must not merge by step."""
+    """Every callback's JSON records of the ``kinds`` tags in the event files at ``path`` (by step, each with its
+    ``kind`` and ``step``), keyed by the callback's tag prefix (``""`` without one): two callbacks in one Trainer
+    write under their own prefixes, and their records must not merge by step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(path), size_guidance=SIZE_GUIDANCE)
     accumulator.Reload()
-    found: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+    found = []
     for tag in accumulator.Tags().get("tensors", []):
         base = tag.removesuffix("/text_summary")  # written by a writer that is not torch's SummaryWriter
-        kind = next((k for k in kinds if base == k or base.endswith(f"/{k}")), None)
-        if kind is None:
-            continue
-        by_step = found.setdefault(base[: -len(kind)].rstrip("/"), {})
         for event in accumulator.Tensors(tag):
             try:
-                record = json.loads(event.tensor_proto.string_val[0].decode("utf-8"))
+                found.append((base, event.step, json.loads(event.tensor_proto.string_val[0].decode("utf-8"))))
             except (IndexError, UnicodeDecodeError, json.JSONDecodeError):
                 continue
-            if isinstance(record, dict) and isinstance(record.get("layers"), dict | list):
-                record.update(kind=kind, step=event.step)
-                by_step[kind, event.step] = record  # a later write of the same step (a resumed run) wins
-    return {prefix: [by_step[key] for key in sorted(by_step)] for prefix, by_step in sorted(found.items())}
+    return _by_prefix(found, kinds)
+
+
+def _file_records_by_prefix(folder: Path, *kinds: str) -> dict[str, list[dict[str, Any]]]:
+    """As :func:`_records_by_prefix`, from the record files in ``folder`` (``fm_callback_records``, loggers.py): a
+    W&B run's files, an MLflow run's artifacts."""
+    found = []
+    for file in sorted(folder.rglob("*.json")):
+        try:
+            content = json.loads(file.read_text(encoding="utf-8"))
+            found.append((str(content["tag"]), int(content["step"]), content["record"]))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return _by_prefix(found, kinds)
+
+
+def _by_prefix(found: list[tuple[str, int, Any]], kinds: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    """``(tag, step, record)`` triples as the records of the ``kinds`` tags by step, keyed by the tag prefix."""
+    grouped: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+    for tag, step, record in found:
+        kind = next((k for k in kinds if tag == k or tag.endswith(f"/{k}")), None)
+        if kind is not None and isinstance(record, dict) and isinstance(record.get("layers"), dict | list):
+            record.update(kind=kind, step=step)
+            grouped.setdefault(tag[: -len(kind)].rstrip("/"), {})[kind, step] = record  # a later write of a step wins
+    return {prefix: [by_step[key] for key in sorted(by_step)] for prefix, by_step in sorted(grouped.items())}
 
 
 def load_runs(logdir: str | os.PathLike) -> list[Run]:
-    """Every run under ``logdir`` that holds fm_callback dead-filter records; ReportError if there is none."""
+    """Every run under ``logdir`` that holds fm_callback dead-filter records, in TensorBoard event files or as record
+    files (a W&B run folder, an MLflow artifact folder); ReportError if there is none.
+
+    A W&B run folder holds a run's records twice (event files and record files): that run is reported once.
+    """
     root = Path(logdir)
     if not root.exists():
         raise ReportError(f"LOGDIR {str(root)!r} does not exist; pass the directory your TensorBoardLogger writes to")
     dirs = [root] if root.is_file() else sorted({file.parent for file in event_files(root)})
-    if not dirs:
-        raise ReportError(f"no TensorBoard event files under {str(root)!r}; is this the right log directory?")
-    runs = []
-    for path in dirs:
-        for prefix, found in _records_by_prefix(path, tb.DEAD_STATE, tb.SIMILARITY_STATE).items():
+    record_dirs = [] if root.is_file() else sorted(p for p in root.rglob(tb.RECORDS) if p.is_dir())
+    if root.is_dir() and root.name == tb.RECORDS:
+        record_dirs = [root]
+    if not dirs and not record_dirs:
+        raise ReportError(
+            f"no TensorBoard event files and no {tb.RECORDS} folder (W&B, MLflow) under {str(root)!r}; is this the "
+            "right log directory?"
+        )
+    sources = [(path, path, _records_by_prefix) for path in dirs]
+    sources += [(folder.parent, folder, _file_records_by_prefix) for folder in record_dirs]
+    runs, seen = [], {}  # the event-file folders by their records
+    for path, where, read in sources:
+        for prefix, found in read(where, tb.DEAD_STATE, tb.SIMILARITY_STATE).items():
             records = [r for r in found if r["kind"] == tb.DEAD_STATE and isinstance(r["layers"], dict)]
             similarity = [r for r in found if r["kind"] == tb.SIMILARITY_STATE and isinstance(r.get("cka"), list)]
+            same = json.dumps([prefix, records])
+            if where is path:
+                seen.setdefault(same, []).append(path)
+            elif any(events.is_relative_to(path.parent) for events in seen.get(same, [])):
+                continue  # the record files of a W&B run (<run>/files) whose event files are in <run>/fm_callback
             if records:
-                name = str(path.relative_to(root)) + (f" [{prefix}]" if prefix else "")
+                name = str(path.relative_to(root) if path.is_relative_to(root) else path.name)
+                name += f" [{prefix}]" if prefix else ""
                 runs.append(Run(name, str(path.resolve()), records, similarity[-1] if similarity else None))
     if not runs:
         raise ReportError(
-            f"{len(dirs)} run(s) with event files under {str(root)!r}, but none holds fm_callback data "
-            f"(tag {tb.DEAD_STATE!r}). Was FeatureMapCallback attached to the Trainer, with a TensorBoardLogger, "
-            "and did at least one probe event run?"
+            f"{len(dirs) + len(record_dirs)} run(s) with event or record files under {str(root)!r}, but none holds "
+            f"fm_callback data (tag {tb.DEAD_STATE!r}). Was FeatureMapCallback attached to the Trainer, with a "
+            "logger, and did at least one probe event run?"
         )
     return runs
 

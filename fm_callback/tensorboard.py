@@ -33,6 +33,8 @@ ACTIVATIONS = "activations"  # per layer: histogram of the output's values
 DEAD_STATE = "fm_callback/dead_state"
 SIMILARITY_STATE = "fm_callback/layer_similarity"  # {"layers": [...], "cka": [[...]]} at the last event
 STATE_PLUGIN = "fm_callback"
+# The same records as files (one per tag and step) in this folder of a W&B run's files and an MLflow run's artifacts.
+RECORDS = "fm_callback_records"
 ALL_LAYERS = "all"
 _UNSAFE_TAG_CHARS = re.compile(r"[^-/\w.]")
 
@@ -244,12 +246,16 @@ def palette_png(indices: Any, palette: Any) -> bytes:
 def write_json(writer: Any, tag: str, obj: Any, step: int) -> None:
     """``obj`` as a JSON string tensor under ``tag`` with the fm_callback plugin name (no dashboard shows it).
 
-    Falls back to ``add_text`` (tag ``<tag>/text_summary``) for a writer that is not torch's SummaryWriter.
+    A writer with an ``add_json`` method (W&B's, MLflow's: loggers.py) stores the record its own way; any other
+    writer that is not torch's SummaryWriter gets it through ``add_text`` (tag ``<tag>/text_summary``).
     """
     import json
 
     from torch.utils.tensorboard import SummaryWriter
 
+    if hasattr(writer, "add_json"):
+        writer.add_json(tag, obj, step)
+        return
     text = json.dumps(obj, separators=(",", ":"))
     if not isinstance(writer, SummaryWriter):
         writer.add_text(tag, text, step)

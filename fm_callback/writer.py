@@ -1,48 +1,59 @@
-"""Where the callback's pictures, tables and records go on rank 0: a TensorBoard SummaryWriter, in the background.
+"""Where the callback's pictures, tables and records go on rank 0: a TensorBoard SummaryWriter, and each W&B and
+MLflow logger of the Trainer (loggers.py), each behind its own :class:`~.background.BackgroundWriter`.
 
 The scalars go to every logger through Lightning's logger API (see the callback); here they are written only to a
-SummaryWriter of our own, made when the Trainer has no TensorBoardLogger.
+SummaryWriter of our own, made in a folder of this run alone when the Trainer has no TensorBoardLogger.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from . import background
+from . import background, loggers
 from . import tensorboard as tb
 from .probe import ProbeResult
 
 
 class EventWriter:
-    """The SummaryWriter of the Trainer's first ``TensorBoardLogger``, else one of our own under the Trainer's log
-    dir, behind a :class:`~.background.BackgroundWriter` (a thread when training on an accelerator)."""
+    """Every write goes to the SummaryWriter of the Trainer's first ``TensorBoardLogger`` (else one of our own in
+    :func:`~.loggers.own_log_dir`, this run's folder), and to each W&B and MLflow logger of the Trainer.
+
+    Each sits behind a :class:`~.background.BackgroundWriter`: TensorBoard's on a thread when training on an
+    accelerator; MLflow's always on a thread (its uploads mostly wait on the tracking server); W&B's on the training
+    thread, where Lightning calls ``wandb.Run.log`` too (W&B does not promise that it may be called from two).
+    """
 
     def __init__(self, trainer: pl.Trainer, prefix: str) -> None:
         self.prefix = prefix
         logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         self.owns_writer = logger is None  # then it also writes the scalars, which no TensorBoardLogger wrote
+        pictures = loggers.picture_loggers(trainer)
         if logger is not None:
             writer = logger.experiment
         else:
             from torch.utils.tensorboard import SummaryWriter
 
-            log_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "fm_callback")
-            rank_zero_warn(
-                f"fm_callback: the Trainer has no TensorBoardLogger; writing feature maps to {log_dir}. "
-                "Add logger=TensorBoardLogger(...) to keep them beside your other logs."
-            )
+            log_dir = loggers.own_log_dir(trainer)
+            where = f"fm_callback: the Trainer has no TensorBoardLogger; writing TensorBoard event files to {log_dir}"
+            if pictures:  # the pictures reach W&B or MLflow; the event files serve `fm-callback report` and `view`
+                rank_zero_info(f"{where} (for fm-callback view and report)")
+            else:
+                rank_zero_warn(f"{where}. Add logger=TensorBoardLogger(...) to keep them beside your other logs.")
             writer = SummaryWriter(log_dir)
         threaded = background.write_in_background(trainer.strategy.root_device)  # not when training on the CPU
-        self.background = background.BackgroundWriter(writer, threaded=threaded)
+        self.tensorboard = background.BackgroundWriter(writer, threaded=threaded)
+        self.others = [
+            background.BackgroundWriter(images, threaded=isinstance(images, loggers.MlflowImages))
+            for images in pictures
+        ]
 
     @property
     def log_dir(self) -> str:
-        return str(getattr(self.background.writer, "log_dir", ""))
+        return str(getattr(self.tensorboard.writer, "log_dir", ""))
 
     def event(
         self,
@@ -55,17 +66,18 @@ class EventWriter:
     ) -> None:
         """Every tag of one probe event (:func:`~.tensorboard.write_result`); ``metrics``, the event's scalars, only
         into a SummaryWriter of our own (the Trainer's loggers have them)."""
-        self.background.submit(
-            tb.write_result,
-            result,
-            step,
-            table,
-            record,
-            prefix=self.prefix,
-            scalars=metrics if self.owns_writer else {},
-            with_input=with_input,
-            what=f"writing step {step}",
-        )
+        for writer in (self.tensorboard, *self.others):
+            writer.submit(
+                tb.write_result,
+                result,
+                step,
+                table,
+                record,
+                prefix=self.prefix,
+                scalars=metrics if self.owns_writer and writer is self.tensorboard else {},
+                with_input=with_input,
+                what=f"writing step {step}",
+            )
 
     def end_of_fit(
         self,
@@ -77,14 +89,18 @@ class EventWriter:
     ) -> None:
         """The figures of the whole fit: the dead timeline and the layer change map (from two events on), and the
         layers' similarity at the last event (``similarity_step``)."""
-        prefix, submit = self.prefix, self.background.submit
-        if len(dead_history) > 1:
-            submit(tb.write_timeline, dead_history, step, prefix, what="writing the dead timeline")
-        if len(change_history) > 1:
-            submit(tb.write_change_map, change_history, step, prefix, what="writing the layer change map")
-        if similarity is not None and similarity_step is not None:
-            submit(tb.write_similarity, *similarity, similarity_step, prefix, what="writing the layer similarity")
+        prefix = self.prefix
+        for writer in (self.tensorboard, *self.others):
+            if len(dead_history) > 1:
+                writer.submit(tb.write_timeline, dead_history, step, prefix, what="writing the dead timeline")
+            if len(change_history) > 1:
+                writer.submit(tb.write_change_map, change_history, step, prefix, what="writing the layer change map")
+            if similarity is not None and similarity_step is not None:
+                what = "writing the layer similarity"
+                writer.submit(tb.write_similarity, *similarity, similarity_step, prefix, what=what)
 
     def close(self) -> None:
-        """Finish every queued write, stop the thread, close the SummaryWriter if it is our own."""
-        self.background.close(close_writer=self.owns_writer)
+        """Finish every queued write, stop the threads, close the SummaryWriter if it is our own."""
+        for writer in self.others:
+            writer.close()
+        self.tensorboard.close(close_writer=self.owns_writer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +22,8 @@ from .select import LayerSpec
 from .stats import DEFAULT_ATOL, DEFAULT_RTOL
 from .tracking import ChangeTracker, DeadFilterTracker
 from .writer import EventWriter
+
+STATE_VERSION = 2  # 1: no version key; 2: histories bounded (tracking.MAX_HISTORY), returned as copies
 
 
 class FeatureMapCallback(pl.Callback):
@@ -317,9 +320,11 @@ class FeatureMapCallback(pl.Callback):
     # ---- checkpoint state --------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The run state, copied (a checkpoint does not change as training goes on) and bounded in size."""
         return {
-            "model_input": self.model_input,
-            "pinned_channels": self.pinned_channels,
+            "version": STATE_VERSION,
+            "model_input": copy.deepcopy(self.model_input),
+            "pinned_channels": copy.deepcopy(self.pinned_channels),
             "last_event_step": self.last_event_step,
             "tracker": self.tracker.state_dict(),
             "input_written": self.input_written,
@@ -327,9 +332,16 @@ class FeatureMapCallback(pl.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A checkpoint of this version or an earlier one (version 1 had no ``version`` key)."""
+        version = state_dict.get("version", 1)
+        if version > STATE_VERSION:
+            rank_zero_warn(
+                f"fm_callback: the checkpoint's callback state is version {version}, newer than this fm_callback "
+                f"reads ({STATE_VERSION}); loading what it knows. Upgrade fm_callback to keep all of it."
+            )
         self._state_of_a_fit = False
-        self.model_input = state_dict.get("model_input")
-        self.pinned_channels = dict(state_dict.get("pinned_channels", {}))
+        self.model_input = copy.deepcopy(state_dict.get("model_input"))
+        self.pinned_channels = copy.deepcopy(dict(state_dict.get("pinned_channels", {})))
         self.last_event_step = state_dict.get("last_event_step")
         self.tracker.load_state_dict(state_dict.get("tracker", {}))
         written = state_dict.get("input_written")

@@ -3,7 +3,8 @@
 ``python tests/strategy_fit.py ddp|fsdp2 OUT``. A script, because Lightning starts the other process of ``ddp`` and
 of ``ModelParallelStrategy`` by running the command line again (under pytest that would rerun the tests). The model
 has BatchNorm without SyncBatchNorm and each rank trains on its own data, so its running statistics (and what the
-probe measures) differ per rank. Each rank saves its ``callback_metrics`` and its own probe statistics to OUT.
+probe measures) differ per rank. Under DDP the probe's second forward fails on rank 1 only (step 2). Each rank
+saves its ``callback_metrics`` and its own probe statistics to OUT.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from fm_callback import FeatureMapCallback
 class BuiltLate(pl.LightningModule):
     """Creates its layers in configure_model, Lightning's pattern for large models; FSDP2 shards each conv."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_on_rank_1: int = 0) -> None:
         super().__init__()
         self.net: nn.Sequential | None = None
+        self.fail_on_rank_1, self.probe_forwards = fail_on_rank_1, 0
 
     def configure_model(self) -> None:
         if self.net is not None:
@@ -44,6 +46,10 @@ class BuiltLate(pl.LightningModule):
             fully_shard(self, mesh=mesh)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.global_rank == 1:  # the probe's forwards (no validation here)
+            self.probe_forwards += 1
+            if self.probe_forwards == self.fail_on_rank_1:
+                raise RuntimeError("probe forward failed on rank 1 only")
         return self.head(self.net(x).mean(dim=(2, 3)))
 
     def training_step(self, batch, batch_idx):
@@ -91,7 +97,8 @@ def main(strategy: str, out: Path) -> None:
         enable_checkpointing=False,
         use_distributed_sampler=False,
     )
-    trainer.fit(BuiltLate(), DataLoader(data, batch_size=4))
+    model = BuiltLate(fail_on_rank_1=2 if strategy == "ddp" else 0)  # FSDP2: a fault mid-forward would hang
+    trainer.fit(model, DataLoader(data, batch_size=4))
 
 
 if __name__ == "__main__":

@@ -225,15 +225,13 @@ class FeatureMapCallback(pl.Callback):
             # and ModelCheckpoint see this event's scalars wherever they are in the callback list.
             is_last = getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False)
             due = is_last and self._epoch_due(trainer.current_epoch)
-        if due and step != self.last_event_step:
+        if due:
             self._event(trainer, step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # An epoch cut short (max_steps, a stop request) had no last batch: its event comes here.
-        step = logger_step(trainer)
         if self.every_n_steps is None and not self._disabled(trainer) and self._epoch_due(trainer.current_epoch):
-            if step != self.last_event_step:
-                self._event(trainer, step)
+            self._event(trainer, logger_step(trainer))
 
     def _epoch_due(self, epoch: int) -> bool:
         return epoch in self.epochs if self.epochs is not None else (epoch + 1) % self.every_n_epochs == 0
@@ -244,7 +242,7 @@ class FeatureMapCallback(pl.Callback):
         A failure warns on the rank where it happened and skips this event there; training goes on. Every rank takes
         part in the one broadcast of the scalars, so that all hold rank 0's values, failed or not.
         """
-        if self._probe is None or self.model_input is None:
+        if self._probe is None or self.model_input is None or step == self.last_event_step:
             return
         self.last_event_step = step  # also when it fails: not tried again at this step (on_train_epoch_end)
         metrics, record = {}, None

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .input_check import input_mismatch
 from .probe import first_tensor
-from .probe_batch import ProbeSource, _first_loader, default_input, first_samples
+from .probe_batch import ProbeSource, default_input, first_loader, first_samples
 from .similarity import MIN_SAMPLES
 
 TRAINING_SAMPLES = 16  # read by index for the input check
@@ -76,7 +76,7 @@ def say_at_fit_start(
 def _training_input(trainer: pl.Trainer, input_fn: Callable[[Any], Any] | None) -> Any:
     """The model input of the first training samples, read by index (no sampler, no RNG draw); ``None`` where the
     train data cannot be indexed or read."""
-    loader = _first_loader(trainer.train_dataloader)
+    loader = first_loader(trainer.train_dataloader)
     dataset = getattr(loader, "dataset", None)
     if dataset is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         return None

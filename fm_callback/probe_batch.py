@@ -99,18 +99,18 @@ def _joined(batches: list[Any]) -> Any:
 
 def probe_loaders(trainer: pl.Trainer) -> list[DataLoader]:
     """Where the probe batch may come from, in order: the first val DataLoader, then the first train DataLoader."""
-    found = (_first_loader(trainer.val_dataloaders), _first_loader(trainer.train_dataloader))
+    found = (first_loader(trainer.val_dataloaders), first_loader(trainer.train_dataloader))
     return [loader for loader in found if loader is not None]  # no `or`: bool(loader) calls len(), which may raise
 
 
-def _first_loader(loaders: Any) -> DataLoader | None:
+def first_loader(loaders: Any) -> DataLoader | None:
     if isinstance(loaders, DataLoader):
         return loaders
     if isinstance(loaders, dict):
         loaders = list(loaders.values())
     if isinstance(loaders, list | tuple):
         for loader in loaders:
-            found = _first_loader(loader)
+            found = first_loader(loader)
             if found is not None:
                 return found
     return None
@@ -168,7 +168,7 @@ def _read(
 
 
 def _source(trainer: pl.Trainer, loader: DataLoader, taken: int) -> ProbeSource:
-    kind = "val" if loader is _first_loader(trainer.val_dataloaders) else "train"
+    kind = "val" if loader is first_loader(trainer.val_dataloaders) else "train"
     name = f"the {kind} dataloader"
     if isinstance(loader.dataset, IterableDataset) or not hasattr(loader.dataset, "__len__"):
         return ProbeSource(kind, f"the first {taken} samples {name} yielded (an iterable dataset)")

@@ -1,6 +1,6 @@
 """What the end-of-fit pictures cost: the three images drawn straight to pixels (what the callback logs), against the
 same three charts drawn as matplotlib figures (what ``fm-callback report --plot`` saves, and how the callback drew
-them up to 0.3).
+them before).
 
     python benchmarks/bench_plots.py [--layers 4] [--events 13] [--repeats 7]
 

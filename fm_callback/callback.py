@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -12,14 +13,17 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from . import tensorboard as tb
+from .fit_notes import say_at_fit_start, warn_on_rank
 from .probe import FeatureMapProbe, ProbeResult, check_input
-from .probe_batch import dry_run, found_normalisation, take_model_input
+from .probe_batch import ProbeSource, dry_run, found_normalisation, take_model_input
 from .render import colormap_lut
-from .schedule import check_positive, check_schedule
+from .schedule import check_positive, check_schedule, logger_step
 from .select import LayerSpec
 from .stats import DEFAULT_ATOL, DEFAULT_RTOL
 from .tracking import ChangeTracker, DeadFilterTracker
 from .writer import EventWriter
+
+STATE_VERSION = 2  # 1: no version key; 2: histories bounded (tracking.MAX_HISTORY), returned as copies
 
 
 class FeatureMapCallback(pl.Callback):
@@ -162,7 +166,6 @@ class FeatureMapCallback(pl.Callback):
                 "maps and dead-filter scalars. Pass logger=TensorBoardLogger(save_dir) (or True), or remove the "
                 "callback."
             )
-        self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
         if self._state_of_a_fit:  # state given with load_state_dict is kept: a resume (ckpt_path) gives it later
             if trainer.global_step == 0:  # a new run (a new Trainer)
                 self._new_run(self.tracker.patience)
@@ -176,22 +179,26 @@ class FeatureMapCallback(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled(trainer):
             return
-        if self._probe is None:
-            self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
+        # Built here, not in setup: Lightning runs configure_model (where large models create their layers) and the
+        # strategy's wrapping (DDP, FSDP2's fully_shard) after setup and before this hook.
+        self._probe = FeatureMapProbe(pl_module, self.layers, self.image_layers, **self.probe_options)
         self._state_of_a_fit = True
         if self.model_input is None:
-            self.model_input = take_model_input(trainer, self.probe_batch, self.probe_size, self.input_fn)
+            self.model_input, source = take_model_input(trainer, self.probe_batch, self.probe_size, self.input_fn)
+        else:
+            source = ProbeSource("kept", "the probe batch this run started with (from its checkpoint)")
         if self._probe.mean is None:  # none given: the datamodule's or the dataset transform's, when they fit
             self._probe.mean, self._probe.std = found_normalisation(trainer, self.model_input)
         check_input(self.model_input, self._probe.mean, self._probe.std, argument="probe_batch")
         self._probe.pinned_channels = dict(self.pinned_channels)
         if trainer.is_global_zero:
             self._writer = EventWriter(trainer, self.prefix)
+            say_at_fit_start(trainer, self.model_input, source, self.input_fn, self.epochs, self.probe_options)
         result = dry_run(lambda: self._run_probe(trainer), self.model_input)  # a batch the model cannot take raises
         self.pinned_channels = {name: r.channels for name, r in result.items() if r.channels}
         self._probe.pinned_channels = dict(self.pinned_channels)
         if self.log_at_start and trainer.global_step == 0 and self.last_event_step is None:
-            self._record(trainer, result)
+            self._event(trainer, logger_step(trainer), result)
 
     def _disabled(self, trainer: pl.Trainer) -> bool:
         return bool(trainer.fast_dev_run) or trainer.sanity_checking
@@ -208,8 +215,9 @@ class FeatureMapCallback(pl.Callback):
     ) -> None:
         if self._disabled(trainer):
             return
+        step = logger_step(trainer, batch_ended=True)
         if self.every_n_steps is not None:
-            due = trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0
+            due = step > 0 and step % self.every_n_steps == 0
         else:
             # An epoch's event comes after its last batch, before the epoch-end validation: a checkpoint saved at
             # validation end (val_check_interval < 1, check_val_every_n_epoch > 1) then holds it, and a run
@@ -218,50 +226,59 @@ class FeatureMapCallback(pl.Callback):
             is_last = getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False)
             due = is_last and self._epoch_due(trainer.current_epoch)
         if due:
-            self._event(trainer)
+            self._event(trainer, step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # An epoch cut short (max_steps, a stop request) had no last batch: its event comes here.
         if self.every_n_steps is None and not self._disabled(trainer) and self._epoch_due(trainer.current_epoch):
-            self._event(trainer)
+            self._event(trainer, logger_step(trainer))
 
     def _epoch_due(self, epoch: int) -> bool:
         return epoch in self.epochs if self.epochs is not None else (epoch + 1) % self.every_n_epochs == 0
 
-    def _event(self, trainer: pl.Trainer) -> None:
-        """One scheduled probe: a failure warns and skips this event; training goes on."""
-        step = trainer.global_step
+    def _event(self, trainer: pl.Trainer, step: int, result: ProbeResult | None = None) -> None:
+        """One probe event at ``step`` (the x-axis of ``self.log``), on every rank; ``result``: its probe, already run.
+
+        A failure warns on the rank where it happened and skips this event there; training goes on. Every rank takes
+        part in the one broadcast of the scalars, so that all hold rank 0's values, failed or not.
+        """
         if self._probe is None or self.model_input is None or step == self.last_event_step:
             return
         self.last_event_step = step  # also when it fails: not tried again at this step (on_train_epoch_end)
+        metrics, record = {}, None
         try:
-            self._record(trainer, self._run_probe(trainer))
+            result = result if result is not None else self._run_probe(trainer)
+            metrics, record = self._measure(result, step, trainer.current_epoch)
         except Exception as err:
-            rank_zero_warn(
-                f"fm_callback: the probe at step {step} failed and was skipped ({type(err).__name__}: {err}); "
-                "training goes on"
-            )
+            message = f"the probe at step {step} failed and was skipped ({_described(err)}); training goes on"
+            warn_on_rank(trainer, message)
+        # Ranks disagree where the model differs per rank (BatchNorm running statistics without SyncBatchNorm):
+        # EarlyStopping and ModelCheckpoint decide on every rank, so every rank gets rank 0's scalars.
+        metrics = trainer.strategy.broadcast(metrics, src=0)
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        try:
+            for logger in trainer.loggers if metrics else []:  # they write on rank 0 only, as for self.log
+                logger.log_metrics(metrics, step=step)
+            if self._writer is not None and record is not None:
+                self._writer.event(result, step, *record, metrics, with_input=self._input_changed(result))
+        except Exception as err:
+            warn_on_rank(trainer, f"logging the probe at step {step} failed ({_described(err)}); training goes on")
 
-    def _record(self, trainer: pl.Trainer, result: ProbeResult) -> None:
-        step, epoch = trainer.global_step, trainer.current_epoch
-        self.last_event_step = step
+    def _measure(self, result: ProbeResult, step: int, epoch: int) -> tuple[dict[str, float], tuple[str, dict]]:
+        """Count one event: this rank's scalars, and the dead-filter table and record that rank 0 writes."""
         change = self.tracker.update(result, step, epoch)
         for message in change.warnings:  # one per layer whose channels just became persistently dead
             rank_zero_warn(message)
         for message in change.notes:  # revivals
             rank_zero_info(message)
-        # Every rank ran the same probe, so every rank has the same scalars for EarlyStopping and ModelCheckpoint;
-        # the loggers write on rank 0 only, as they do for Lightning's own logging.
         since_previous, since_first = self.changes.update(result, step, epoch)
         changes = {tb.LAYER_CHANGE: since_previous, tb.LAYER_CHANGE_FROM_START: since_first}
         metrics = tb.scalar_metrics(result, self.prefix, changes)
-        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-        if self._writer is not None:
-            table, record = self.tracker.table(result, change), self.tracker.record(result, change)
-            record.update(changes)  # read back by `fm-callback report` (the change heatmap, the settled layers)
-            self._writer.event(result, step, table, record, metrics, with_input=self._input_changed(result))
+        if self._writer is None:
+            return metrics, None
+        table, record = self.tracker.table(result, change), self.tracker.record(result, change)
+        record.update(changes)  # read back by `fm-callback report` (the change heatmap, the settled layers)
+        return metrics, (table, record)
 
     def _input_changed(self, result: ProbeResult) -> bool:
         """Whether ``probe/input`` is due: not yet written into this log dir, or a different picture from the last.
@@ -282,7 +299,7 @@ class FeatureMapCallback(pl.Callback):
         if self._writer is not None:  # rank 0 of a run that is not disabled
             dead, change = list(self.tracker.history), list(self.changes.history)
             similarity = self.changes.similarity()
-            self._writer.end_of_fit(trainer.global_step, dead, change, similarity, self.last_event_step)
+            self._writer.end_of_fit(logger_step(trainer), dead, change, similarity, self.last_event_step)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._close()
@@ -301,9 +318,11 @@ class FeatureMapCallback(pl.Callback):
     # ---- checkpoint state --------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        """The run state, copied (a checkpoint does not change as training goes on) and bounded in size."""
         return {
-            "model_input": self.model_input,
-            "pinned_channels": self.pinned_channels,
+            "version": STATE_VERSION,
+            "model_input": copy.deepcopy(self.model_input),
+            "pinned_channels": copy.deepcopy(self.pinned_channels),
             "last_event_step": self.last_event_step,
             "tracker": self.tracker.state_dict(),
             "input_written": self.input_written,
@@ -311,11 +330,22 @@ class FeatureMapCallback(pl.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A checkpoint of this version or an earlier one (version 1 had no ``version`` key)."""
+        version = state_dict.get("version", 1)
+        if version > STATE_VERSION:
+            rank_zero_warn(
+                f"fm_callback: the checkpoint's callback state is version {version}, newer than this fm_callback "
+                f"reads ({STATE_VERSION}); loading what it knows. Upgrade fm_callback to keep all of it."
+            )
         self._state_of_a_fit = False
-        self.model_input = state_dict.get("model_input")
-        self.pinned_channels = dict(state_dict.get("pinned_channels", {}))
+        self.model_input = copy.deepcopy(state_dict.get("model_input"))
+        self.pinned_channels = copy.deepcopy(dict(state_dict.get("pinned_channels", {})))
         self.last_event_step = state_dict.get("last_event_step")
         self.tracker.load_state_dict(state_dict.get("tracker", {}))
         written = state_dict.get("input_written")
         self.input_written = tuple(written) if written is not None else None
         self.changes.load_state_dict(state_dict)
+
+
+def _described(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"

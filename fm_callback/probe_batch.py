@@ -7,6 +7,7 @@ input normalisation is found where Lightning exposes it, so that ``probe/input``
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -47,8 +48,9 @@ def default_input(batch: Any) -> Any:
 def first_samples(loader: DataLoader, count: int) -> tuple[Any, int]:
     """The first ``count`` samples of a loader's dataset, collated as the loader would; (batch, samples taken).
 
-    Map-style datasets are indexed directly (no iterator, so no sampler or worker draws a random number);
-    an iterable dataset gives its first batch. Either way the global RNG is left as it was.
+    Map-style datasets are indexed directly (no iterator, so no sampler or worker draws a random number); an
+    iterable dataset gives its first batches until ``count`` samples are in, joined. Either way the global RNG is
+    left as it was.
     """
     with isolate_rng():
         dataset = loader.dataset
@@ -57,33 +59,76 @@ def first_samples(loader: DataLoader, count: int) -> tuple[Any, int]:
             if taken == 0:
                 raise ValueError("fm_callback: the dataloader's dataset is empty; pass probe_batch= instead")
             return loader.collate_fn([dataset[i] for i in range(taken)]), taken
+        batches: list[Any] = []
         for batch in loader:
-            return batch, count
-    raise ValueError("fm_callback: the dataloader yielded no batch; pass probe_batch= instead")
+            batches.append(batch)
+            if sum(_batch_size(b) for b in batches) >= count:
+                break
+    if not batches:
+        raise ValueError("fm_callback: the dataloader yielded no batch; pass probe_batch= instead")
+    try:
+        joined = _joined(batches)
+    except TypeError:  # a batch of something other than tensors, lists, tuples and dicts: its first batch only
+        batches = batches[:1]
+        joined = batches[0]
+    return joined, min(count, sum(_batch_size(b) for b in batches))
+
+
+def _batch_size(batch: Any) -> int:
+    tensor = first_tensor(batch)
+    return tensor.shape[0] if tensor is not None and tensor.dim() else 1
+
+
+def _joined(batches: list[Any]) -> Any:
+    """Collated batches joined along the sample dimension (tensors concatenated, lists extended)."""
+    first = batches[0]
+    if len(batches) == 1:
+        return first
+    if isinstance(first, torch.Tensor):
+        return torch.cat(batches)
+    if isinstance(first, dict):
+        return {key: _joined([b[key] for b in batches]) for key in first}
+    if isinstance(first, tuple):
+        return type(first)(*map(_joined, zip(*batches, strict=True)))  # a namedtuple too
+    if isinstance(first, list) and all(isinstance(b, list) for b in batches):
+        if all(isinstance(item, torch.Tensor) for item in first):  # per-field tensors, as default_collate gives
+            return [_joined(list(parts)) for parts in zip(*batches, strict=True)]
+        return [item for b in batches for item in b]
+    raise TypeError(f"cannot join batches of type {type(first).__name__}")
 
 
 def probe_loaders(trainer: pl.Trainer) -> list[DataLoader]:
     """Where the probe batch may come from, in order: the first val DataLoader, then the first train DataLoader."""
-    found = (_first_loader(trainer.val_dataloaders), _first_loader(trainer.train_dataloader))
+    found = (first_loader(trainer.val_dataloaders), first_loader(trainer.train_dataloader))
     return [loader for loader in found if loader is not None]  # no `or`: bool(loader) calls len(), which may raise
 
 
-def _first_loader(loaders: Any) -> DataLoader | None:
+def first_loader(loaders: Any) -> DataLoader | None:
     if isinstance(loaders, DataLoader):
         return loaders
     if isinstance(loaders, dict):
         loaders = list(loaders.values())
     if isinstance(loaders, list | tuple):
         for loader in loaders:
-            found = _first_loader(loader)
+            found = first_loader(loader)
             if found is not None:
                 return found
     return None
 
 
-def _read(trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None) -> Any:
+@dataclass
+class ProbeSource:
+    """Where the probe batch came from: ``kind`` is ``"val"``, ``"train"`` or ``"given"``; ``text`` says it."""
+
+    kind: str
+    text: str
+
+
+def _read(
+    trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None
+) -> tuple[Any, ProbeSource]:
     """The model input of ``probe_batch``, else of the first ``probe_size`` samples of the val (else train) data."""
-    batch = probe_batch
+    batch, source = probe_batch, ProbeSource("given", "probe_batch= as given")
     if batch is None:
         loaders = probe_loaders(trainer)
         if not loaders:
@@ -95,9 +140,12 @@ def _read(trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Call
             except ValueError:
                 if loader is loaders[-1]:
                     raise
+        source = _source(trainer, loader, taken)
         if taken < probe_size:
             rank_zero_warn(
-                f"fm_callback: probe_size={probe_size} but the dataset has {taken} samples; probing with {taken}"
+                f"fm_callback: probe_size={probe_size} but only {taken} samples were there to take ({source.text}); "
+                f"probing with {taken}. "
+                f"Pass probe_batch= (a batch of {probe_size} samples) or a smaller probe_size to silence this."
             )
     try:
         model_input = input_fn(batch) if input_fn is not None else default_input(batch)
@@ -110,24 +158,44 @@ def _read(trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Call
         ) from err
     if probe_batch is None:  # the first probe_size samples of every tensor of the collated batch
         model_input = apply_to_collection(model_input, torch.Tensor, lambda tensor: tensor[:probe_size])
-    return to_device(model_input, torch.device("cpu"))
+    if any(t.is_meta for t in _tensors(model_input)):
+        raise ValueError(
+            "FeatureMapCallback: the probe batch is on the meta device (tensors with a shape but no values, as made "
+            "under `with torch.device('meta')`), so there is nothing to probe; pass probe_batch= with real values "
+            "(on the CPU)"
+        )
+    return to_device(model_input, torch.device("cpu")), source
+
+
+def _source(trainer: pl.Trainer, loader: DataLoader, taken: int) -> ProbeSource:
+    kind = "val" if loader is first_loader(trainer.val_dataloaders) else "train"
+    name = f"the {kind} dataloader"
+    if isinstance(loader.dataset, IterableDataset) or not hasattr(loader.dataset, "__len__"):
+        return ProbeSource(kind, f"the first {taken} samples {name} yielded (an iterable dataset)")
+    return ProbeSource(kind, f"samples 0-{taken - 1} of {name}'s dataset (read by index)")
+
+
+def _tensors(collection: Any) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    apply_to_collection(collection, torch.Tensor, found.append)
+    return found
 
 
 def take_model_input(
     trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None
-) -> Any:
-    """The probe's model input, taken once on rank 0 and broadcast, kept on the CPU."""
-    model_input, error = None, None
+) -> tuple[Any, ProbeSource | None]:
+    """The probe's model input and where it came from, taken once on rank 0 and broadcast, kept on the CPU."""
+    model_input, source, error = None, None, None
     if trainer.is_global_zero:
         try:
-            model_input = _read(trainer, probe_batch, probe_size, input_fn)
+            model_input, source = _read(trainer, probe_batch, probe_size, input_fn)
         except Exception as err:  # sent to every rank, so that all raise instead of the others waiting
             error = err
-    model_input, error = trainer.strategy.broadcast((model_input, error), src=0)
+    model_input, source, error = trainer.strategy.broadcast((model_input, source, error), src=0)
     if error is not None:
         raise error
     check_input(model_input, argument="probe_batch")
-    return to_device(model_input, torch.device("cpu"))
+    return to_device(model_input, torch.device("cpu")), source
 
 
 def found_normalisation(trainer: pl.Trainer, model_input: Any) -> tuple[list[float] | None, list[float] | None]:

@@ -35,3 +35,17 @@ def check_schedule(
     if not epochs or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in epochs):
         raise ValueError(f"FeatureMapCallback: epochs must be a non-empty list of ints >= 0, got {epochs!r}")
     return None, epochs, None
+
+
+def logger_step(trainer: Any, batch_ended: bool = False) -> int:
+    """The step Lightning's loggers put ``self.log`` values at: training batches that stepped the optimizers.
+
+    ``trainer.global_step`` counts optimizer steps, twice per batch with two optimizers (a GAN); Lightning's own
+    logging and ``LearningRateMonitor`` use the epoch loop's count of batches that stepped. ``batch_ended``: called
+    from ``on_train_batch_end``, before Lightning counts that batch; it counts when it stepped (not accumulating).
+    """
+    loop = trainer.fit_loop.epoch_loop
+    step = loop._batches_that_stepped
+    if batch_ended and not loop._should_accumulate():
+        step += 1
+    return step

@@ -22,6 +22,7 @@ MIN_SAMPLES = 4  # the unbiased HSIC estimator divides by n - 3
 HISTOGRAM_BINS = 64
 HISTOGRAM_VALUES = 1 << 16  # values binned per layer at most (evenly spread over the output)
 _CHUNK_VALUES = 1 << 22  # values per block of a half-precision activation: 16 MiB as float32, never all of it
+_RELATIVE_VALUES = 1 << 20  # values per block of the relative Gram product: 4 MiB as float32, in cache
 
 
 def flat_samples(x: torch.Tensor) -> torch.Tensor:
@@ -37,22 +38,40 @@ def flat_samples(x: torch.Tensor) -> torch.Tensor:
 def gram(x: torch.Tensor) -> torch.Tensor:
     """The N x N Gram matrix ``X Xᵀ`` of ``x`` (``(N, ...)``, flattened per sample), as float64 on ``x``'s device.
 
-    One float32 matrix product for a float32 activation (about as fast as reading it once: D is large, N small);
-    a half-precision activation is converted in blocks of features, summed in float64, so it is never copied
-    whole. Features are not centred: the debiased HSIC does not depend on a common offset, and centring a
-    strided block costs more than the product. A product that overflows float32 (values near 1e16 and above) is
-    redone in float64 blocks scaled by the largest magnitude, which CKA does not see.
+    The samples are taken relative to the first one (:func:`_relative_gram`): the debiased HSIC does not depend on
+    an offset common to all samples, but float32 does. A post-ReLU layer's features often share a large offset, and
+    the uncentred product then loses 1 - CKA's digits (3x too large at a 30-sigma offset, N = 16, D = 2e5). A
+    product that overflows float32 (values near 1e16 and above) is redone in float64 blocks scaled by the largest
+    magnitude, which CKA does not see.
     """
     flat = flat_samples(x)
     n, d = flat.shape
     if d == 0:
         return torch.zeros(n, n, dtype=torch.float64, device=x.device)
-    if flat.dtype == torch.float32:
-        result = (flat @ flat.T).double()
-    else:
-        result = _blocked_gram(flat, torch.float32)
+    result = _relative_gram(flat)
     if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(flat).all()):
         result = _blocked_gram(flat, torch.float64, scaled=True)
+    return result
+
+
+def _relative_gram(flat: torch.Tensor) -> torch.Tensor:
+    """``(X - x₀)(X - x₀)ᵀ`` of the rows ``X`` of ``flat`` less its first row ``x₀``, float64.
+
+    In float32 blocks of ``_RELATIVE_VALUES`` values, each subtracted into one reused buffer that stays in the
+    CPU's cache, its product summed in float64: about twice a bare product's time, no copy of the activation.
+    """
+    n, d = flat.shape
+    width = max(1, min(d, _RELATIVE_VALUES // n))
+    buffer = torch.empty(n, width, dtype=torch.float32, device=flat.device)
+    result = torch.zeros(n, n, dtype=torch.float64, device=flat.device)
+    for block in flat.split(width, dim=1):
+        relative = buffer[:, : block.shape[1]]
+        if block.dtype == torch.float32:
+            torch.sub(block, block[:1], out=relative)
+        else:  # half precision: subtract in float32
+            relative.copy_(block)
+            relative -= relative[:1].clone()
+        result += (relative @ relative.T).double()
     return result
 
 

@@ -89,7 +89,8 @@ def layer_stats(name: str, report: Any) -> dict[str, Any]:
         "shape": list(report.shape),
         "channels": int(s.dead.numel()),
         "dead_fraction": round(report.dead_fraction, 6),
-        "dead_channels": s.dead.nonzero().flatten().tolist(),
+        "dead_channels": report.dead.nonzero().flatten().tolist(),  # the rule of dead_fraction: constant or silenced
+        "constant_channels": s.dead.nonzero().flatten().tolist(),
         "never_positive_channels": s.never_positive.nonzero().flatten().tolist(),
         "nonfinite_channels": (s.nonfinite > 0).nonzero().flatten().tolist(),
         "shown_channels": list(report.channels),

@@ -10,6 +10,7 @@ goes into a Lightning checkpoint as it is and a resumed run carries on counting.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from . import similarity
 from .probe import ProbeResult
 
 RECORD_VERSION = 1
+MAX_HISTORY = 512  # events kept per history; past it, every other older event is dropped (the span stays whole)
+MAX_REVIVALS = 256  # the latest revivals kept
 
 
 @dataclass
@@ -88,9 +91,12 @@ class DeadFilterTracker:
                         }
                     )
                 streak[channel], since[channel], reported[channel] = 0, None, False
-        self.revivals.extend(change.revivals)
-        self.history.append(
-            {"step": step, "epoch": epoch, "dead_fraction": {n: r.dead_fraction for n, r in result.items()}}
+        self.revivals = [*self.revivals, *change.revivals][-MAX_REVIVALS:]
+        self.history = thinned(
+            [
+                *self.history,
+                {"step": step, "epoch": epoch, "dead_fraction": {n: r.dead_fraction for n, r in result.items()}},
+            ]
         )
         for name, channels in change.died.items():
             change.warnings.append(
@@ -176,14 +182,17 @@ class DeadFilterTracker:
         return "\n".join(rows)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "patience": self.patience,
-            "streak": self.streak,
-            "since": self.since,
-            "reported": self.reported,
-            "history": self.history,
-            "revivals": self.revivals,
-        }
+        """A copy: a checkpoint taken now does not change as training goes on."""
+        return copy.deepcopy(
+            {
+                "patience": self.patience,
+                "streak": self.streak,
+                "since": self.since,
+                "reported": self.reported,
+                "history": self.history,
+                "revivals": self.revivals,
+            }
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore counts from a checkpoint; ``patience`` stays as configured now."""
@@ -192,8 +201,8 @@ class DeadFilterTracker:
         self.reported = {
             k: list(state.get("reported", {}).get(k, [n >= self.patience for n in v])) for k, v in self.streak.items()
         }
-        self.history = list(state.get("history", []))
-        self.revivals = list(state.get("revivals", []))
+        self.history = thinned(copy.deepcopy(list(state.get("history", []))))
+        self.revivals = copy.deepcopy(list(state.get("revivals", [])))[-MAX_REVIVALS:]
 
 
 class ChangeTracker:
@@ -224,7 +233,7 @@ class ChangeTracker:
         for name, gram in grams.items():
             self.first_grams.setdefault(name, gram)
         if since_previous:
-            self.history.append({"step": step, "epoch": epoch, "change": since_previous})
+            self.history = thinned([*self.history, {"step": step, "epoch": epoch, "change": since_previous}])
         return since_previous, since_first
 
     def similarity(self) -> tuple[list[str], list[list[float | None]]] | None:
@@ -236,12 +245,22 @@ class ChangeTracker:
         return names, [[v if math.isfinite(v) else None for v in row] for row in matrix.tolist()]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"first_grams": self.first_grams, "previous_grams": self.previous_grams, "change_history": self.history}
+        """A copy: a checkpoint taken now does not change as training goes on."""
+        state = {"first_grams": self.first_grams, "previous_grams": self.previous_grams, "change_history": self.history}
+        return copy.deepcopy(state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.first_grams = dict(state.get("first_grams", {}))
-        self.previous_grams = dict(state.get("previous_grams", {}))
-        self.history = list(state.get("change_history", []))
+        self.first_grams = copy.deepcopy(dict(state.get("first_grams", {})))
+        self.previous_grams = copy.deepcopy(dict(state.get("previous_grams", {})))
+        self.history = thinned(copy.deepcopy(list(state.get("change_history", []))))
+
+
+def thinned(history: list[dict[str, Any]], limit: int = MAX_HISTORY) -> list[dict[str, Any]]:
+    """``history`` (one entry per event), at most ``limit`` long: past it, every other entry but the last is dropped,
+    so a long run keeps a summary of its whole span (the figures show fewer, evenly spread events)."""
+    if len(history) <= limit:
+        return history
+    return [*history[:-1:2], history[-1]]
 
 
 def format_channels(channels: list[int]) -> str:

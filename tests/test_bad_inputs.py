@@ -343,7 +343,7 @@ def test_case_ids_are_unique():
 
 
 def test_probe_size_larger_than_the_dataset_warns_and_probes_with_what_is_there(tmp_path):
-    with pytest.warns(UserWarning, match=r"probe_size=8 but the dataset has 4 samples; probing with 4"):
+    with pytest.warns(UserWarning, match=r"probe_size=8 but only 4 samples were there to take .*; probing with 4"):
         fm, model = fit(tmp_path, val=DataLoader(tiny_dataset(4, seed=1), batch_size=4), probe_size=8)
     assert fm.model_input.shape == (4, 3, 16, 16)
     assert model.train_steps == 2

@@ -60,10 +60,10 @@ def writer_threads(before: set[threading.Thread] = frozenset()) -> list[threadin
 class Recorder(FeatureMapCallback):
     """FeatureMapCallback that keeps every event's ProbeResult, to check what was shown."""
 
-    def _record(self, trainer, result):
+    def _measure(self, result, step, epoch):
         self.results = getattr(self, "results", [])
         self.results.append(result)
-        super()._record(trainer, result)
+        return super()._measure(result, step, epoch)
 
 
 # ---- faults lose nothing ----------------------------------------------------------------------------------

@@ -134,3 +134,46 @@ def test_two_callbacks_have_distinct_state_keys_and_both_restore(tmp_path):
     assert [h["step"] for h in b2.tracker.history] == [0, 3, 6]
     assert list(a2.tracker.history[-1]["dead_fraction"]) == ["conv1"]
     assert list(b2.tracker.history[-1]["dead_fraction"]) == ["conv2"]
+
+
+# ---- the checkpoint state itself: versioned, copied, bounded ---------------------------------------------------
+
+
+def _fitted(tmp_path) -> FeatureMapCallback:
+    fm = FeatureMapCallback(probe_size=4)
+    make_trainer(tmp_path, [fm], max_epochs=2).fit(TinyCNN(), DataLoader(tiny_dataset(8), batch_size=4))
+    return fm
+
+
+def test_state_is_versioned_copied_and_a_version_1_state_still_loads(tmp_path):
+    fm = _fitted(tmp_path)
+    state = fm.state_dict()
+    assert state["version"] == 2
+    state["tracker"]["history"].append("changed after the checkpoint")  # a copy: the callback is untouched
+    state["change_history"].clear()
+    state["model_input"].zero_()
+    assert len(fm.tracker.history) == 3 and len(fm.changes.history) == 2 and fm.model_input.abs().sum() > 0
+    fm.tracker.history.append("changed after the checkpoint")  # and the other way round
+    assert len(fm.state_dict()["tracker"]["history"]) == 4 and len(state["tracker"]["history"]) == 4
+    old = _fitted(tmp_path / "old").state_dict()
+    del old["version"]  # as fm_callback wrote it before the key existed
+    fresh = FeatureMapCallback(probe_size=4)
+    fresh.load_state_dict(old)
+    assert fresh.last_event_step == 4 and len(fresh.tracker.history) == 3 and len(fresh.changes.history) == 2
+
+
+def test_state_stays_bounded_over_a_long_run(tmp_path):
+    from fm_callback import FeatureMapProbe
+    from fm_callback.tracking import MAX_HISTORY, ChangeTracker, DeadFilterTracker
+
+    model = TinyCNN()
+    result = FeatureMapProbe(model).run(tiny_dataset(4).tensors[0])
+    dead, changes = DeadFilterTracker(), ChangeTracker()
+    for event in range(3 * MAX_HISTORY):
+        dead.update(result, step=10 * event, epoch=event)
+        changes.update(result, step=10 * event, epoch=event)
+    for history in (dead.history, changes.history):
+        assert MAX_HISTORY // 2 <= len(history) <= MAX_HISTORY
+        assert history[-1]["step"] == 10 * (3 * MAX_HISTORY - 1)  # the last event is kept, and the early span
+        assert history[0]["step"] <= 10
+    assert len(pickle.dumps(dead.state_dict())) < 200_000

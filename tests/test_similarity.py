@@ -64,6 +64,19 @@ def test_gram_of_half_precision_channels_last_and_huge_activations() -> None:
     assert ours(x * 1e30, y) == pytest.approx(expected, abs=1e-5)  # squares would overflow float32 unscaled
 
 
+@pytest.mark.parametrize("offset", [10.0, 30.0])
+def test_layer_change_holds_its_digits_under_a_large_common_offset(offset: float) -> None:
+    """A layer against itself plus 5 % noise, features sharing an offset of ``offset`` sigma (post-ReLU features
+    often do), at the size of a ResNet stage (N = 16, D = 64 x 56 x 56): within 20 % of float64. The debiased CKA
+    does not depend on a common offset, so the float64 value without it is the exact one (with it, even float64
+    drifts by a few % at 30 sigma)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 64, 56, 56, generator=g)
+    y = x + 0.05 * torch.randn(16, 64, 56, 56, generator=g)
+    expected = 1 - reference_cka(x, y)
+    assert 1 - ours(x + offset, y + offset) == pytest.approx(expected, rel=0.2)
+
+
 def test_orthogonal_rotation_and_scaling_of_channels_leave_cka_at_one() -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(16, 8, 7, 7, generator=g)

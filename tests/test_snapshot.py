@@ -443,3 +443,22 @@ def test_user_model_mistakes_name_the_fix(
     err = " ".join(capsys.readouterr().err.split())
     assert message in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_stats_json_dead_channels_follow_the_rule_of_dead_fraction(capsys):
+    """A channel silenced by its ReLU (a bias of -100) but not constant at the conv's own output is dead by the rule
+    of ``dead_fraction``; ``dead_channels`` and the printed table say so too."""
+    from fm_callback import FeatureMapProbe
+    from fm_callback.snapshot import layer_stats, print_summary
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with torch.no_grad():
+        conv.bias[1] = -100.0
+    model = torch.nn.Sequential(conv, torch.nn.ReLU())
+    report = FeatureMapProbe(model).run(torch.randn(2, 3, 8, 8))["0"]
+    record = layer_stats("0", report)
+    assert record["dead_fraction"] == pytest.approx(0.25)
+    assert record["dead_channels"] == [1] and record["constant_channels"] == []
+    summary = {"model": "m", "weights": "w", "images": ["a.png"], "predictions": None, "layers": {"0": record}}
+    print_summary(summary, Path("out"))
+    assert "1/4" in capsys.readouterr().out

@@ -81,8 +81,11 @@ def _first_loader(loaders: Any) -> DataLoader | None:
     return None
 
 
-def _read(trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None) -> Any:
-    """The model input of ``probe_batch``, else of the first ``probe_size`` samples of the val (else train) data."""
+def _read(
+    trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None, what: str
+) -> Any:
+    """The model input of ``probe_batch``, else of the first ``probe_size`` samples of the val (else train) data
+    (``what``: the argument that asked for them, for the warning when the dataset has fewer)."""
     batch = probe_batch
     if batch is None:
         loaders = probe_loaders(trainer)
@@ -97,7 +100,7 @@ def _read(trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Call
                     raise
         if taken < probe_size:
             rank_zero_warn(
-                f"fm_callback: probe_size={probe_size} but the dataset has {taken} samples; probing with {taken}"
+                f"fm_callback: {what}={probe_size} but the dataset has {taken} samples; probing with {taken}"
             )
     try:
         model_input = input_fn(batch) if input_fn is not None else default_input(batch)
@@ -114,13 +117,18 @@ def _read(trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Call
 
 
 def take_model_input(
-    trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None
+    trainer: pl.Trainer,
+    probe_batch: Any,
+    probe_size: int,
+    input_fn: Callable[[Any], Any] | None,
+    what: str = "probe_size",
 ) -> Any:
-    """The probe's model input, taken once on rank 0 and broadcast, kept on the CPU."""
+    """The probe's model input (or the examples pool's, ``what="examples_pool"``), taken once on rank 0 and
+    broadcast, kept on the CPU."""
     model_input, error = None, None
     if trainer.is_global_zero:
         try:
-            model_input = _read(trainer, probe_batch, probe_size, input_fn)
+            model_input = _read(trainer, probe_batch, probe_size, input_fn, what)
         except Exception as err:  # sent to every rank, so that all raise instead of the others waiting
             error = err
     model_input, error = trainer.strategy.broadcast((model_input, error), src=0)

@@ -67,6 +67,11 @@ class EventWriter:
             what=f"writing step {step}",
         )
 
+    def examples(self, pictures: dict[str, Any], record: dict[str, Any], step: int) -> None:
+        """The ``feature_examples/<layer>`` pictures and the examples record of one event."""
+        submit = self.background.submit
+        submit(tb.write_examples, pictures, record, step, self.prefix, what=f"writing the examples of step {step}")
+
     def end_of_fit(
         self,
         step: int,

@@ -10,6 +10,7 @@ row says so instead of showing examples. Pure functions of CPU tensors, drawn wi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -53,14 +54,15 @@ def crop(image: torch.Tensor, centre: tuple[float, float], size: int) -> torch.T
 def render_examples(
     layer: str,
     examples: LayerExamples,
-    pool: torch.Tensor,
+    sample: Callable[[int], torch.Tensor],
     marks: list[str],
     mean: list[float] | None = None,
     std: list[float] | None = None,
 ) -> torch.Tensor | None:
-    """``uint8 [3, H, W]``: the top examples of each of ``examples.channels`` (``marks``: see :func:`channel_marks`)
-    over ``pool``, the model inputs ``(N, C, H, W)`` on the CPU; ``None`` when the pool is not an image batch."""
-    if as_rgb(pool[:1], mean, std) is None or examples.input_size is None:
+    """``uint8 [3, H, W]``: the top examples of each of ``examples.channels`` (``marks``: see :func:`channel_marks`);
+    ``sample(i)`` is pool sample ``i``'s model input ``(1, C, H, W)`` on the CPU. ``None`` when the pool is not
+    an image batch."""
+    if examples.input_size is None or as_rgb(sample(int(examples.indices[0, 0].clamp(min=0))), mean, std) is None:
         return None
     height, width = examples.input_size
     size = 2 * examples.radius + 1 if examples.radius is not None else max(height, width)
@@ -83,7 +85,7 @@ def render_examples(
             continue
         for col, (index, value, position) in enumerate(examples.top(row)):
             centre = input_point(position, examples.map_size, (height, width))
-            picture = crop(as_rgb(pool[index : index + 1], mean, std)[0], centre, size)
+            picture = crop(as_rgb(sample(index), mean, std)[0], centre, size)
             left = LABEL_WIDTH + col * (TILE + GAP)
             canvas.paste(_tile(picture), (left, top))
             scale = TILE / size

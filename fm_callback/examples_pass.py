@@ -75,7 +75,7 @@ class ExamplesPass:
         pool = first_tensor(self.pool)
         pictures = {}
         for name, examples in found.items():
-            picture = render_examples(name, examples, pool, marks[name], mean, std)
+            picture = render_examples(name, examples, lambda i: pool[i : i + 1], marks[name], mean, std)
             if picture is not None:
                 pictures[name] = picture
         return pictures, examples_record(found, marks, len(pool), self.k)

@@ -164,11 +164,11 @@ def test_examples_picture_rows_marks_and_dead_rows():
     )
     marks = channel_marks([False, False, True], [False, True, True])
     assert marks == ["", "dying", "dead"]
-    picture = render_examples("conv", examples, pool, marks)
+    picture = render_examples("conv", examples, lambda i: pool[i : i + 1], marks)
     assert picture.dtype == torch.uint8 and picture.shape[0] == 3
     assert picture.shape[2] >= 2 * TILE
     # Not an image batch: no picture.
-    assert render_examples("conv", LayerExamples([0], *examples_row(), (8,), None, None), pool, [""]) is None
+    assert render_examples("conv", LayerExamples([0], *examples_row(), (8,), None, None), lambda i: pool, [""]) is None
 
 
 def examples_row():

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .render import BACKGROUND, HEADER_INK, as_rgb
@@ -37,17 +36,17 @@ def channel_marks(dead: list[bool], dying: list[bool]) -> list[str]:
     return ["dead" if d else "dying" if g else "" for d, g in zip(dead, dying, strict=True)]
 
 
-def crop(image: torch.Tensor, centre: tuple[float, float], size: int) -> torch.Tensor:
-    """A ``size`` x ``size`` crop of ``image`` ``(3, H, W)`` centred on ``centre`` (row, column), padded with
-    the background grey where it leaves the image."""
+def crop(image: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarray:
+    """A ``size`` x ``size`` crop of ``image`` ``uint8 [H, W, 3]`` centred on ``centre`` (row, column), padded
+    with the background grey where it leaves the image."""
     half = size // 2
     top, left = round(centre[0]) - half, round(centre[1]) - half
-    height, width = image.shape[1:]
-    out = torch.full((3, size, size), BACKGROUND / 255, dtype=image.dtype)
+    height, width = image.shape[:2]
+    out = np.full((size, size, 3), BACKGROUND, dtype=np.uint8)
     rows = slice(max(0, top), min(height, top + size))
     cols = slice(max(0, left), min(width, left + size))
     if rows.start < rows.stop and cols.start < cols.stop:
-        out[:, rows.start - top : rows.stop - top, cols.start - left : cols.stop - left] = image[:, rows, cols]
+        out[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left] = image[rows, cols]
     return out
 
 
@@ -62,8 +61,13 @@ def render_examples(
     """``uint8 [3, H, W]``: the top examples of each of ``examples.channels`` (``marks``: see :func:`channel_marks`);
     ``sample(i)`` is pool sample ``i``'s model input ``(1, C, H, W)`` on the CPU. ``None`` when the pool is not
     an image batch."""
-    if examples.input_size is None or as_rgb(sample(int(examples.indices[0, 0].clamp(min=0))), mean, std) is None:
+    shown = sorted({index for index in examples.indices.flatten().tolist() if index >= 0})
+    if examples.input_size is None or not shown:
         return None
+    rgb = as_rgb(torch.cat([sample(index) for index in shown]), mean, std)  # one batch: a few torch ops in all
+    if rgb is None:
+        return None
+    pixels = dict(zip(shown, (rgb * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), strict=True))
     height, width = examples.input_size
     size = 2 * examples.radius + 1 if examples.radius is not None else max(height, width)
     k = examples.values.shape[1]
@@ -85,9 +89,9 @@ def render_examples(
             continue
         for col, (index, value, position) in enumerate(examples.top(row)):
             centre = input_point(position, examples.map_size, (height, width))
-            picture = crop(as_rgb(sample(index), mean, std)[0], centre, size)
+            picture = Image.fromarray(crop(pixels[index], centre, size))
             left = LABEL_WIDTH + col * (TILE + GAP)
-            canvas.paste(_tile(picture), (left, top))
+            canvas.paste(picture.resize((TILE, TILE), Image.NEAREST if size <= TILE else Image.BOX), (left, top))
             scale = TILE / size
             box = [max(1.0, c * scale / 2) for c in cell]
             middle = TILE / 2
@@ -95,15 +99,8 @@ def render_examples(
                 (left + middle - box[1], top + middle - box[0], left + middle + box[1], top + middle + box[0]),
                 outline=MARK_RGB,
             )
-            draw.text((left, top + TILE + 1), f"#{index} {_short(value)}", (HEADER_INK,) * 3, font)
+            draw.text((left, top + TILE + 1), f"#{index} ({_short(value)})", (HEADER_INK,) * 3, font)
     return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
-
-
-def _tile(picture: torch.Tensor) -> Image.Image:
-    """A float RGB crop ``(3, s, s)`` in [0, 1] as a ``TILE`` px Pillow image: pixels kept sharp when enlarged."""
-    mode = "nearest" if picture.shape[1] <= TILE else "area"
-    scaled = F.interpolate(picture.unsqueeze(0), size=(TILE, TILE), mode=mode)[0]
-    return Image.fromarray((scaled.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
 
 
 def _short(value: float) -> str:

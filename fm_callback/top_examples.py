@@ -175,13 +175,13 @@ def receptive_radius(
     forward_fn: Callable[[nn.Module, Any], Any] | None = None,
 ) -> dict[str, int | None]:
     """Per layer of ``map_sizes`` (its map's ``(h, w)``), the half-width in input pixels of its receptive field,
-    measured on the first sample of ``x``.
+    measured on the first sample of ``x``, in forwards of at most ``len(x)`` samples.
 
-    One batch: the sample, then copies of it with everything outside a box of half-width ``r`` (one per ``RADII``)
-    around the input point under the centre of the layer's map replaced by noise from a generator of its own. The
-    radius is the smallest ``r`` from which on the centre's output (all channels) stays as it was. ``None`` for a
-    layer whose centre sees the whole input (global pooling, attention), and for inputs that are not one image
-    batch ``(N, C, H, W)`` (then crops show the whole input).
+    The sample, then copies of it with everything outside a box of half-width ``r`` (one per ``RADII``) around the
+    input point under the centre of the layer's map replaced by noise from a generator of its own (layers whose
+    centres fall on the same point share the forwards). The radius is the smallest ``r`` from which on the centre's
+    output (all channels) stays as it was. ``None`` for a layer whose centre sees the whole input (global pooling,
+    attention), and for inputs that are not one image batch ``(N, C, H, W)`` (then crops show the whole input).
     """
     image = x if isinstance(x, torch.Tensor) else None
     if image is None or image.dim() != 4 or not image.is_floating_point():
@@ -190,39 +190,57 @@ def receptive_radius(
     height, width = sample.shape[2:]
     noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(0)).to(sample.device)
     noisy = sample + 3 * (sample.std() + 1) * noise
-    centres: dict[str, torch.Tensor] = {}
+    groups: dict[tuple[float, float], list[str]] = {}
+    for name, (h, w) in map_sizes.items():
+        groups.setdefault(input_point((h // 2, w // 2), (h, w), (height, width)), []).append(name)
+    out: dict[str, int | None] = dict.fromkeys(map_sizes)
+    for (cy, cx), names in groups.items():
+        reach = max(cy, height - 1 - cy, cx, width - 1 - cx)  # a box this wide holds the whole input
+        radii = [r for r in RADII if r < reach]
+        centres = _centre_outputs(
+            model,
+            {n: layers[n] for n in names},
+            _boxed(sample, noisy, radii, (cy, cx)).to(image.dtype),
+            len(image),
+            forward_fn,
+        )
+        for name, centre in centres.items():
+            tolerance = 1e-3 * (centre[0].abs().max() + 1e-6)
+            changed = ((centre[1:] - centre[:1]).abs().amax(dim=1) > tolerance).tolist()
+            unchanged_from = len(radii)
+            while unchanged_from > 0 and not changed[unchanged_from - 1]:
+                unchanged_from -= 1
+            out[name] = radii[unchanged_from] if unchanged_from < len(radii) else None
+    return out
+
+
+def _centre_outputs(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batch: torch.Tensor,
+    chunk: int,
+    forward_fn: Callable[[nn.Module, Any], Any] | None,
+) -> dict[str, torch.Tensor]:
+    """Per layer, its output at the centre of its map for each sample of ``batch`` (``[N, C]``), in forwards of
+    ``chunk`` samples; a layer with no map, or that did not run, is left out."""
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    seen: set[str] = set()
 
     def make_hook(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            maps = as_maps(first_tensor(output)) if first_tensor(output) is not None else None
-            if name not in centres and maps is not None:
-                centres[name] = maps[:, :, maps.shape[2] // 2, maps.shape[3] // 2].float()
+            tensor = first_tensor(output)
+            maps = as_maps(tensor) if tensor is not None else None
+            if name not in seen and maps is not None:
+                seen.add(name)
+                parts[name].append(maps[:, :, maps.shape[2] // 2, maps.shape[3] // 2].float())
 
         return hook
 
-    out: dict[str, int | None] = {}
-    for name, module in layers.items():  # one layer at a time: each has its own centre in the input
-        if name not in map_sizes:
-            continue
-        centres.clear()
-        h, w = map_sizes[name]
-        cy, cx = input_point((h // 2, w // 2), (h, w), (height, width))
-        reach = max(cy, height - 1 - cy, cx, width - 1 - cx)  # a box this wide holds the whole input
-        radii = [r for r in RADII if r < reach]
-        probe_batch = _boxed(sample, noisy, radii, (cy, cx))
-        with probing(model, [(module, make_hook(name))]):
-            forward(model, probe_batch.to(image.dtype), forward_fn)
-        centre = centres.get(name)
-        if centre is None:
-            out[name] = None
-            continue
-        tolerance = 1e-3 * (centre[0].abs().max() + 1e-6)
-        changed = ((centre[1:] - centre[:1]).abs().amax(dim=1) > tolerance).tolist()
-        unchanged_from = len(radii)
-        while unchanged_from > 0 and not changed[unchanged_from - 1]:
-            unchanged_from -= 1
-        out[name] = radii[unchanged_from] if unchanged_from < len(radii) else None
-    return out
+    with probing(model, [(module, make_hook(name)) for name, module in layers.items()]):
+        for piece in batch.split(chunk):
+            seen.clear()
+            forward(model, piece, forward_fn)
+    return {name: torch.cat(found) for name, found in parts.items() if len(found) == len(batch.split(chunk))}
 
 
 def input_point(

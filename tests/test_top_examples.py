@@ -112,7 +112,8 @@ def pool_with_pattern(count: int = 32, seed: int = 0) -> TensorDataset:
     g = torch.Generator().manual_seed(seed)
     images = 0.5 * torch.randn(count, 1, SIZE, SIZE, generator=g)
     for index, (row, col) in PLANTED.items():
-        images[index, 0, row - 2 : row + 3, col - 2 : col + 3] += 3 * X
+        if index < count:
+            images[index, 0, row - 2 : row + 3, col - 2 : col + 3] += 3 * X
     return TensorDataset(images, torch.randint(0, 2, (count,), generator=g))
 
 
@@ -146,7 +147,12 @@ def test_a_frozen_detector_finds_exactly_the_images_with_its_pattern_centred(tmp
         assert sorted(detector["indices"]) == sorted(PLANTED)
         assert [tuple(at) for at in detector["at"]] == [PLANTED[i] for i in detector["indices"]]
         assert event["layers"]["features.0"]["radius"] == 2  # the 5x5 kernel
-    assert report["runs"][0]["examples_changed"]["features.0"][0] is None  # nothing before the first
+    changed = report["runs"][0]["examples_changed"]["features.0"]
+    assert changed[0] is None and all(isinstance(n, int) for n in changed[1:])  # nothing before the first event
+    assert main(["report", str(tmp_path)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Channels whose top examples changed since the previous examples event (step 8):" in text
+    assert f"features.0 {changed[-1]} of 4" in text
     tags = read_events(tmp_path).tags("images", "feature_examples")
     assert tags == ["feature_examples/features.0", "feature_examples/features.2"]
 
@@ -187,3 +193,30 @@ def test_scanner_without_a_spatial_map_finds_nothing_and_leaves_no_hook():
 def test_examples_must_be_a_count(k):
     with pytest.raises(ValueError, match="examples must be an int >= 0"):
         FeatureMapCallback(examples=k)
+
+
+def fit_detector(tmp_path, epochs: int, val_seed: int = 0, ckpt_path=None) -> FeatureMapCallback:
+    fm = FeatureMapCallback(layers=["features.0"], probe_size=8, examples=3, examples_pool=16)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tmp_path, name="run", version=0),
+        callbacks=[fm],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    train = DataLoader(pool_with_pattern(16, seed=1), batch_size=8)
+    trainer.fit(DetectorNet(), train, DataLoader(pool_with_pattern(seed=val_seed), batch_size=8), ckpt_path=ckpt_path)
+    return fm
+
+
+def test_a_resume_scans_the_same_pool_and_warns_when_the_data_changed(tmp_path, recwarn):
+    first = fit_detector(tmp_path, 1)
+    checkpoint = next(tmp_path.rglob("*.ckpt"))
+    assert first.state_dict()["examples_pool_digest"] == first.examples_pass.digest is not None
+    resumed = fit_detector(tmp_path, 2, ckpt_path=checkpoint)
+    assert resumed.examples_pass.digest == first.examples_pass.digest
+    assert not [w for w in recwarn if "examples pool" in str(w.message)]
+    with pytest.warns(UserWarning, match="the examples pool .* differs from the one this run scanned"):
+        fit_detector(tmp_path, 2, val_seed=5, ckpt_path=checkpoint)

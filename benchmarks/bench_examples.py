@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "examples")]
-from bench_event import largest_activation, machine, rss_rise, timed  # noqa: E402
+from bench_event import count_hooks, largest_activation, machine, rss_rise, timed  # noqa: E402
 
 from fm_callback import FeatureMapProbe  # noqa: E402
 from fm_callback.example_pictures import channel_marks, render_examples  # noqa: E402
@@ -131,6 +131,7 @@ def bench(name: str, pool_size: int, repeats: int) -> dict[str, Any]:
         "largest_layer_output_bytes": largest_activation(model.eval(), pool[:CHUNK]),
         "pool_bytes": pool.numel() * pool.element_size(),
         "radius": scanner.radius,
+        "hooks_left": count_hooks(model),
     }
 
 

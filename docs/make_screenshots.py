@@ -14,8 +14,8 @@ then starts TensorBoard with the flags ``fm-callback view`` gives it (``TensorBo
 - ``images_tab.png``: Images, filtered to ``feature_maps/`` of the demo run, in a 1600 px window (the width
   the grids' channel numbers are sized for): the first row of cards, one per layer;
 - ``overlays_tab.png``: Images, ``feature_maps_overlay/`` and ``probe/input`` of the demo run;
-- ``examples_tab.png``: Images, ``feature_examples/`` of the demo run, in a 1600 px window: each shown channel's
-  top examples out of the val set, cropped around where the channel fires;
+- ``examples_tab.png``: Images, ``feature_examples/`` of the demo run's three deeper picture layers, in a 1600 px
+  window: each shown channel's top examples out of the val set, cropped around where the channel fires;
 - ``scalars_tab.png``: Scalars, ``dead_filters/`` of the two runs side by side.
 """
 
@@ -44,7 +44,13 @@ PAGES = [
         650,
         {"tagFilter": "^(feature_maps_overlay|probe)/", "regexInput": "^shapes/"},
     ),
-    ("examples_tab.png", "images", 1600, 900, {"tagFilter": "^feature_examples/", "regexInput": "^shapes/"}),
+    (
+        "examples_tab.png",
+        "images",
+        1600,
+        900,
+        {"tagFilter": r"^feature_examples/features\.(4|8|12)$", "regexInput": "^shapes/"},
+    ),
     (
         "scalars_tab.png",
         "scalars",

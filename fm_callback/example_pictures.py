@@ -99,12 +99,12 @@ def render_examples(
                 (left + middle - box[1], top + middle - box[0], left + middle + box[1], top + middle + box[0]),
                 outline=MARK_RGB,
             )
-            draw.text((left, top + TILE + 1), f"#{index} ({_short(value)})", (HEADER_INK,) * 3, font)
+            draw.text((left, top + TILE + 1), f"#{index} {_short(value)}", (HEADER_INK,) * 3, font)
     return torch.from_numpy(np.array(canvas)).permute(2, 0, 1).contiguous()
 
 
 def _short(value: float) -> str:
-    """An activation in at most 5 characters: ``3.21``, ``-0.5``, ``1.2e3``."""
+    """An activation in at most 6 characters: ``3.21``, ``-0.05``, ``1234``."""
     if not math.isfinite(value):
         return str(value)
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.1e}".replace("e+0", "e")
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}" if abs(value) < 1e5 else f"{value:.0e}"

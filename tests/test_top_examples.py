@@ -220,3 +220,29 @@ def test_a_resume_scans_the_same_pool_and_warns_when_the_data_changed(tmp_path, 
     assert not [w for w in recwarn if "examples pool" in str(w.message)]
     with pytest.warns(UserWarning, match="the examples pool .* differs from the one this run scanned"):
         fit_detector(tmp_path, 2, val_seed=5, ckpt_path=checkpoint)
+
+
+@pytest.mark.parametrize("pool", [0, 2.5])
+def test_examples_pool_must_be_a_positive_count(pool):
+    with pytest.raises(ValueError, match="examples_pool must be a positive int"):
+        FeatureMapCallback(examples=4, examples_pool=pool)
+
+
+def test_picture_crops_are_centred_on_the_peak():
+    """A bright pixel at the peak's input point lands in the middle of its crop, inside the red box."""
+    pool = torch.zeros(1, 1, 32, 32)
+    pool[0, 0, 20, 12] = 1.0
+    examples = LayerExamples(
+        channels=[0],
+        values=torch.tensor([[1.0]]),
+        indices=torch.tensor([[0]]),
+        positions=torch.tensor([[[10, 6]]]),  # stride 2: input point (20, 12)
+        map_size=(16, 16),
+        input_size=(32, 32),
+        radius=3,
+    )
+    picture = render_examples("conv", examples, lambda i: pool[i : i + 1], [""]).permute(1, 2, 0)
+    white = (picture == 255).all(dim=-1).nonzero()
+    rows, cols = white[:, 0].float().mean(), white[:, 1].float().mean()
+    tile_top, tile_left = 18, 64  # the title line, the label column
+    assert abs(rows - (tile_top + TILE / 2)) < TILE / 7 and abs(cols - (tile_left + TILE / 2)) < TILE / 7

@@ -187,6 +187,8 @@ class FeatureMapCallback(pl.Callback):
                 self._state_of_a_fit = False
                 self.model_input = None
                 self.changes.new_batch()
+                if self.examples_pass is not None:  # and its examples pool too
+                    self.examples_pass.load_state_dict({})
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled(trainer):

@@ -84,6 +84,7 @@ class ExamplesPass:
         return {"examples_pool_size": self.pool_size, "examples_pool_digest": self.digest}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A resumed run's digest (``{}``: none, a pool of new data); the pool is read again at the next set-up."""
         self.digest = state.get("examples_pool_digest")
         self.pool, self.scanner = None, None
 

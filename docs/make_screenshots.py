@@ -14,6 +14,8 @@ then starts TensorBoard with the flags ``fm-callback view`` gives it (``TensorBo
 - ``images_tab.png``: Images, filtered to ``feature_maps/`` of the demo run, in a 1600 px window (the width
   the grids' channel numbers are sized for): the first row of cards, one per layer;
 - ``overlays_tab.png``: Images, ``feature_maps_overlay/`` and ``probe/input`` of the demo run;
+- ``examples_tab.png``: Images, ``feature_examples/`` of the demo run's three deeper picture layers, in a 1600 px
+  window: each shown channel's top examples out of the val set, cropped around where the channel fires;
 - ``scalars_tab.png``: Scalars, ``dead_filters/`` of the two runs side by side.
 """
 
@@ -41,6 +43,13 @@ PAGES = [
         1500,
         650,
         {"tagFilter": "^(feature_maps_overlay|probe)/", "regexInput": "^shapes/"},
+    ),
+    (
+        "examples_tab.png",
+        "images",
+        1600,
+        900,
+        {"tagFilter": r"^feature_examples/features\.(4|8|12)$", "regexInput": "^shapes/"},
     ),
     (
         "scalars_tab.png",
@@ -75,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny runs, to try the script (not for the README)")
     parser.add_argument("--no-train", action="store_true", help="only the screenshots, of the runs already in --keep")
     parser.add_argument("--scale", type=float, default=2.0, help="device scale factor: sharper text and grids")
+    parser.add_argument("--pages", nargs="+", metavar="PNG", help="only these pictures (e.g. examples_tab.png)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="fm_callback_docs_") as tmp:
@@ -87,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             served = server.wait_until_loaded()
             print(f"TensorBoard on {server.url} serves runs {sorted(served)}")
             for name, dashboard, width, height, settings in PAGES:
+                if args.pages and name not in args.pages:
+                    continue
                 url = dashboard_url(server.url, dashboard, **settings)
                 flags = [f"--force-device-scale-factor={args.scale}"]
                 out = screenshot(url, DOCS / name, width, height, extra_flags=flags)

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     pl.seed_everything(0, workers=True)
-    callback = FeatureMapCallback(mean=MEAN, std=STD)
+    callback = FeatureMapCallback(mean=MEAN, std=STD, examples=4)  # and the 4 top examples of each shown channel
     trainer = pl.Trainer(
         max_epochs=args.epochs,
         accelerator="auto",

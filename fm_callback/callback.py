@@ -13,6 +13,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from . import tensorboard as tb
+from .examples_pass import ExamplesPass
 from .fit_notes import say_at_fit_start, warn_on_rank
 from .probe import FeatureMapProbe, ProbeResult, check_input
 from .probe_batch import ProbeSource, dry_run, found_normalisation, take_model_input
@@ -54,6 +55,10 @@ class FeatureMapCallback(pl.Callback):
         similarity: log how each layer's representation of the probe batch changes (``layer_change/*``: 1 - debiased
             linear CKA against the previous event, ``layer_change_from_start/*``: against the first; needs
             ``probe_size >= 4``), the layers' CKA matrix at the end of fit, and a histogram of each layer's values.
+        examples: top-activating examples per shown channel of each picture layer (``feature_examples/<layer>``:
+            crops of the inputs around where the channel peaks), at every event; 0 turns them off.
+        examples_pool: how many samples to find them in: the first of the val dataset, else of the train dataset,
+            scanned in chunks of ``probe_size``.
 
     The scalars (``dead_filters/*``, ``dying_filters/*``, ``never_positive/*``, ``layer_change*/*``) go to every
     logger of the Trainer and into ``trainer.callback_metrics`` (``EarlyStopping`` and ``ModelCheckpoint`` can monitor
@@ -85,12 +90,21 @@ class FeatureMapCallback(pl.Callback):
         overlay: bool = True,
         prefix: str = "",
         similarity: bool = True,
+        examples: int = 0,
+        examples_pool: int = 256,
     ) -> None:
         self.every_n_epochs, self.epochs, self.every_n_steps = check_schedule(every_n_epochs, epochs, every_n_steps)
         for name, value in dict(
-            probe_size=probe_size, max_channels=max_channels, max_samples=max_samples, dead_patience=dead_patience
+            probe_size=probe_size,
+            max_channels=max_channels,
+            max_samples=max_samples,
+            dead_patience=dead_patience,
+            examples_pool=examples_pool,
         ).items():
             check_positive(name, value)
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+            raise ValueError(f"FeatureMapCallback: examples must be an int >= 0 (0: none), got {examples!r}")
+        self.examples, self.examples_pool = examples, examples_pool
         if channel_order not in ("std", "index"):
             raise ValueError(f"FeatureMapCallback: channel_order must be 'std' or 'index', got {channel_order!r}")
         if atol < 0 or rtol < 0:
@@ -133,6 +147,7 @@ class FeatureMapCallback(pl.Callback):
         self.last_event_step: int | None = None
         self.tracker = DeadFilterTracker(dead_patience)
         self.changes = ChangeTracker()
+        self.examples_pass = ExamplesPass(self.examples, self.examples_pool) if self.examples else None
         self.input_written: tuple[str, str] | None = None  # (log dir, digest) of the last probe/input written
         self._state_of_a_fit = False  # the run state above came from a fit (not from load_state_dict, not new)
 
@@ -175,6 +190,8 @@ class FeatureMapCallback(pl.Callback):
                 self._state_of_a_fit = False
                 self.model_input = None
                 self.changes.new_batch()
+                if self.examples_pass is not None:  # and its examples pool too
+                    self.examples_pass.load_state_dict({})
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled(trainer):
@@ -197,6 +214,8 @@ class FeatureMapCallback(pl.Callback):
         result = dry_run(lambda: self._run_probe(trainer), self.model_input)  # a batch the model cannot take raises
         self.pinned_channels = {name: r.channels for name, r in result.items() if r.channels}
         self._probe.pinned_channels = dict(self.pinned_channels)
+        if self.examples_pass is not None:
+            self.examples_pass.setup(trainer, self._probe, self.pinned_channels, self.input_fn)
         if self.log_at_start and trainer.global_step == 0 and self.last_event_step is None:
             self._event(trainer, logger_step(trainer), result)
 
@@ -245,10 +264,12 @@ class FeatureMapCallback(pl.Callback):
         if self._probe is None or self.model_input is None or step == self.last_event_step:
             return
         self.last_event_step = step  # also when it fails: not tried again at this step (on_train_epoch_end)
-        metrics, record = {}, None
+        metrics, record, found = {}, None, None
         try:
             result = result if result is not None else self._run_probe(trainer)
             metrics, record = self._measure(result, step, trainer.current_epoch)
+            if self.examples_pass is not None:  # every rank scans: its forwards may all-gather (FSDP)
+                found = self.examples_pass.run(trainer, self.probe_size)
         except Exception as err:
             message = f"the probe at step {step} failed and was skipped ({_described(err)}); training goes on"
             warn_on_rank(trainer, message)
@@ -261,6 +282,11 @@ class FeatureMapCallback(pl.Callback):
                 logger.log_metrics(metrics, step=step)
             if self._writer is not None and record is not None:
                 self._writer.event(result, step, *record, metrics, with_input=self._input_changed(result))
+            if self._writer is not None and found is not None:
+                pictures, examples = self.examples_pass.picture_and_record(
+                    found, result, self._probe.mean, self._probe.std
+                )
+                self._writer.examples(pictures, examples, step)
         except Exception as err:
             warn_on_rank(trainer, f"logging the probe at step {step} failed ({_described(err)}); training goes on")
 
@@ -327,6 +353,7 @@ class FeatureMapCallback(pl.Callback):
             "tracker": self.tracker.state_dict(),
             "input_written": self.input_written,
             **self.changes.state_dict(),  # first_grams, previous_grams, change_history
+            **(self.examples_pass.state_dict() if self.examples_pass is not None else {}),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -345,6 +372,8 @@ class FeatureMapCallback(pl.Callback):
         written = state_dict.get("input_written")
         self.input_written = tuple(written) if written is not None else None
         self.changes.load_state_dict(state_dict)
+        if self.examples_pass is not None:
+            self.examples_pass.load_state_dict(state_dict)
 
 
 def _described(err: BaseException) -> str:

@@ -76,6 +76,12 @@ def add_snapshot_parser(sub: argparse._SubParsersAction) -> None:
     snap.add_argument("--mean", type=float, nargs=3, help="input normalisation mean (default: ImageNet's)")
     snap.add_argument("--std", type=float, nargs=3, help="input normalisation std (default: ImageNet's)")
     snap.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    snap.add_argument(
+        "--examples",
+        metavar="DIR",
+        help="also find, in this folder of images, the 4 that activate each shown channel most, and write them as "
+        "crops around the peak (feature_examples/<layer>.png) and examples.json",
+    )
 
 
 def add_view_parser(sub: argparse._SubParsersAction) -> None:

@@ -90,6 +90,34 @@ def check_input(
             )
 
 
+@contextlib.contextmanager
+def probing(model: nn.Module, hooks: Sequence[tuple[nn.Module, Callable[..., None]]] = ()) -> Iterator[None]:
+    """Eval mode, ``no_grad``, every RNG kept, compiled code run eagerly and the forward ``hooks`` on, for the
+    forward(s) run inside; afterwards the hooks are off and every module's train/eval mode is as before, whatever
+    happens. The machinery every pass of ours through the model under training shares (the probe, the examples)."""
+    device = model_device(model)
+    modes = [(module, module.training) for module in model.modules()]
+    handles = []
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        model.eval()
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        with keep_rng(cuda_devices), run_eagerly(), torch.no_grad():
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes:
+            module.training = mode
+
+
+def forward(model: nn.Module, x: Any, forward_fn: Callable[[nn.Module, Any], Any] | None = None) -> Any:
+    """``forward_fn(model, x)``, else ``model(x)``, with ``x`` moved to the model's device."""
+    x = to_device(x, model_device(model))
+    return forward_fn(model, x) if forward_fn is not None else model(x)
+
+
 def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
@@ -190,12 +218,8 @@ class FeatureMapProbe:
         Every module's train/eval mode and the RNG state are restored afterwards, whatever happens.
         """
         check_input(x, self.mean, self.std)
-        model = self.model
-        device = model_device(model)
-        modes = [(module, module.training) for module in model.modules()]
         calls: Counter[str] = Counter()
         raw: dict[str, tuple[tuple[int, ...], ChannelStats, Any, Any]] = {}
-        handles = []
         warned = self._warned
         lineage = ActivationLineage()  # which of these channels a following ReLU silences
 
@@ -219,19 +243,10 @@ class FeatureMapProbe:
 
             return hook
 
-        cuda_devices = [device.index or 0] if device.type == "cuda" else []
-        try:
-            model.eval()
-            for name, module in self.layers:
-                handles.append(module.register_forward_hook(make_hook(name, name in self.image_names)))
-            following = lineage if self.follow_activations else contextlib.nullcontext()
-            with keep_rng(cuda_devices), run_eagerly(), torch.no_grad(), following:
-                self.forward_fn(model, to_device(x, device)) if self.forward_fn else model(to_device(x, device))
-        finally:
-            for handle in handles:
-                handle.remove()
-            for module, mode in modes:
-                module.training = mode
+        hooks = [(module, make_hook(name, name in self.image_names)) for name, module in self.layers]
+        following = lineage if self.follow_activations else contextlib.nullcontext()
+        with probing(self.model, hooks), following:
+            forward(self.model, x, self.forward_fn)
         return self._collect(raw, x, lineage)
 
     def _reduce(self, name: str, output: torch.Tensor, picture: bool) -> tuple[ChannelStats, Any, Any]:

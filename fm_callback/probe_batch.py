@@ -125,9 +125,10 @@ class ProbeSource:
 
 
 def _read(
-    trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None
+    trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None, what: str
 ) -> tuple[Any, ProbeSource]:
-    """The model input of ``probe_batch``, else of the first ``probe_size`` samples of the val (else train) data."""
+    """The model input of ``probe_batch``, else of the first ``probe_size`` samples of the val (else train) data
+    (``what``: the argument that asked for them, for the warning when there are fewer)."""
     batch, source = probe_batch, ProbeSource("given", "probe_batch= as given")
     if batch is None:
         loaders = probe_loaders(trainer)
@@ -143,9 +144,9 @@ def _read(
         source = _source(trainer, loader, taken)
         if taken < probe_size:
             rank_zero_warn(
-                f"fm_callback: probe_size={probe_size} but only {taken} samples were there to take ({source.text}); "
-                f"probing with {taken}. "
-                f"Pass probe_batch= (a batch of {probe_size} samples) or a smaller probe_size to silence this."
+                f"fm_callback: {what}={probe_size} but only {taken} samples were there to take ({source.text}); "
+                f"using {taken}. "
+                f"Pass probe_batch= (a batch of {probe_size} samples) or a smaller {what} to silence this."
             )
     try:
         model_input = input_fn(batch) if input_fn is not None else default_input(batch)
@@ -182,13 +183,18 @@ def _tensors(collection: Any) -> list[torch.Tensor]:
 
 
 def take_model_input(
-    trainer: pl.Trainer, probe_batch: Any, probe_size: int, input_fn: Callable[[Any], Any] | None
+    trainer: pl.Trainer,
+    probe_batch: Any,
+    probe_size: int,
+    input_fn: Callable[[Any], Any] | None,
+    what: str = "probe_size",
 ) -> tuple[Any, ProbeSource | None]:
-    """The probe's model input and where it came from, taken once on rank 0 and broadcast, kept on the CPU."""
+    """The probe's model input (or the examples pool's, ``what="examples_pool"``) and where it came from, taken once
+    on rank 0 and broadcast, kept on the CPU."""
     model_input, source, error = None, None, None
     if trainer.is_global_zero:
         try:
-            model_input, source = _read(trainer, probe_batch, probe_size, input_fn)
+            model_input, source = _read(trainer, probe_batch, probe_size, input_fn, what)
         except Exception as err:  # sent to every rank, so that all raise instead of the others waiting
             error = err
     model_input, source, error = trainer.strategy.broadcast((model_input, source, error), src=0)

@@ -261,9 +261,16 @@ def input_images(
 
     Without them each sample is min-max scaled on its own. ``None`` for inputs that are not images.
     """
+    img = as_rgb(x[:max_samples], mean, std)
+    return fit_tile(img) if img is not None else None
+
+
+def as_rgb(x: torch.Tensor, mean: list[float] | None = None, std: list[float] | None = None) -> torch.Tensor | None:
+    """Image batch ``(N, C, H, W)`` -> float RGB in [0, 1] as a person sees it (see :func:`input_images`), at its
+    own size; ``None`` for inputs that are not images."""
     if x.dim() != 4 or not x.is_floating_point():
         return None
-    img = x[:max_samples].float()
+    img = x.float()
     if mean is not None and std is not None:
         m = torch.tensor(mean, dtype=img.dtype, device=img.device).reshape(1, -1, 1, 1)
         s = torch.tensor(std, dtype=img.dtype, device=img.device).reshape(1, -1, 1, 1)
@@ -277,7 +284,7 @@ def input_images(
         img = img.expand(-1, 3, -1, -1)
     elif img.shape[1] != 3:
         img = img[:, :1].expand(-1, 3, -1, -1)
-    return fit_tile(img)
+    return img
 
 
 def image_row(images: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,6 +41,7 @@ class Run:
     path: str
     records: list[dict[str, Any]]
     similarity: dict[str, Any] | None = None  # {"layers": [...], "cka": [[...]], "step": int} at the last event
+    examples: list[dict[str, Any]] = field(default_factory=list)  # the top-examples records, by step
 
 
 def load_records(path: str | os.PathLike, prefix: str = "") -> list[dict[str, Any]]:
@@ -114,9 +115,10 @@ def load_runs(logdir: str | os.PathLike) -> list[Run]:
     sources += [(folder.parent, folder, _file_records_by_prefix) for folder in record_dirs]
     runs, seen = [], {}  # the event-file folders by their records
     for path, where, read in sources:
-        for prefix, found in read(where, tb.DEAD_STATE, tb.SIMILARITY_STATE).items():
+        for prefix, found in read(where, tb.DEAD_STATE, tb.SIMILARITY_STATE, tb.EXAMPLES_STATE).items():
             records = [r for r in found if r["kind"] == tb.DEAD_STATE and isinstance(r["layers"], dict)]
             similarity = [r for r in found if r["kind"] == tb.SIMILARITY_STATE and isinstance(r.get("cka"), list)]
+            examples = [r for r in found if r["kind"] == tb.EXAMPLES_STATE and isinstance(r["layers"], dict)]
             same = json.dumps([prefix, records])
             if where is path:
                 seen.setdefault(same, []).append(path)
@@ -125,7 +127,7 @@ def load_runs(logdir: str | os.PathLike) -> list[Run]:
             if records:
                 name = str(path.relative_to(root) if path.is_relative_to(root) else path.name)
                 name += f" [{prefix}]" if prefix else ""
-                runs.append(Run(name, str(path.resolve()), records, similarity[-1] if similarity else None))
+                runs.append(Run(name, str(path.resolve()), records, similarity[-1] if similarity else None, examples))
     if not runs:
         raise ReportError(
             f"{len(dirs) + len(record_dirs)} run(s) with event or record files under {str(root)!r}, but none holds "
@@ -174,7 +176,33 @@ def summarize(run: Run, settled_below: float = SETTLED_BELOW, settled_events: in
         "revived": revived,
         "settled_rule": {"below": settled_below, "events": settled_events},
         "layer_similarity": run.similarity,
+        "examples": [{k: v for k, v in record.items() if k != "kind"} for record in run.examples],
+        "examples_changed": examples_changed(run.examples),
     }
+
+
+def examples_changed(records: list[dict[str, Any]]) -> dict[str, list[int | None]]:
+    """Per picture layer and examples event, how many of its channels changed their set of top examples since
+    the previous examples event (``None`` at the first, and where the layer was not scanned before): a filter
+    that keeps changing what it looks for has not settled."""
+    changed: dict[str, list[int | None]] = {}
+    previous: dict[str, dict[str, Any]] = {}
+    for i, record in enumerate(records):
+        for name, layer in record["layers"].items():
+            counts = changed.setdefault(name, [None] * i)
+            before = previous.get(name)
+            counts.append(
+                None
+                if before is None
+                else sum(
+                    set(entry["indices"]) != set(before["channels"].get(channel, {}).get("indices", []))
+                    for channel, entry in layer["channels"].items()
+                )
+            )
+            previous[name] = layer
+        for counts in changed.values():
+            counts.extend([None] * (i + 1 - len(counts)))
+    return changed
 
 
 def history(summary: dict[str, Any], key: str = "dead_fraction", as_key: str = "dead_fraction") -> list[dict]:
@@ -274,6 +302,15 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
             + (escape(", ".join(settled)) if settled else "none")
             + f" ({len(settled)} of {len(measured)})."
         )
+    if summary["examples"]:
+        last = summary["examples"][-1]
+        rows = [
+            (name, f"{counts[-1]} of {len(last['layers'][name]['channels'])}" if counts[-1] is not None else "-")
+            for name, counts in summary["examples_changed"].items()
+            if name in last["layers"]
+        ]
+        title = f"Channels whose top examples changed since the previous examples event (step {last['step']}):"
+        _print_table(console, title, (), rows)
     title = "Never positive at the last event, not dead (no ReLU silences them: logits, or a BatchNorm first):"
     _print_table(console, title, (), _channels(layers, "never_positive_alive"))
     console.print()

@@ -20,6 +20,7 @@ from torch import nn
 from .models import SnapshotError, load_model
 from .probe import FeatureMapProbe, ProbeResult
 from .select import select_layers
+from .snapshot_examples import folder_images, write_examples
 from .tensorboard import FEATURE_MAPS, OVERLAYS, layer_tag
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -165,6 +166,8 @@ def _snapshot(args: Any, console: Any) -> int:
             raise SnapshotError(f"{option} must be a positive number, got {value}")
     if out.exists() and not out.is_dir():
         raise SnapshotError(f"--out: {out} exists and is not a folder")
+    if args.examples:
+        folder_images(args.examples)  # a wrong folder fails now, not after the model is loaded
     with console.status(f"loading {args.model}") as status:
         model, entry, weights_note = load_model(args.model, args.weights, args.num_classes)
         try:
@@ -203,6 +206,9 @@ def _snapshot(args: Any, console: Any) -> int:
                 record["overlay"] = f"{layer_tag(OVERLAYS, name)}.png"
                 save_png(report.overlay, out / record["overlay"])
             layers[name] = record
+        if args.examples:
+            status.update(f"top examples over {args.examples}")
+            write_examples(probe, result, args.examples, lambda paths: load_images(paths, transform), 4, out)
 
     classes = logits.shape[1] if logits is not None and logits.dim() == 2 else 0
     categories = known_categories(args.model, entry, classes)
@@ -254,3 +260,5 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         f"Wrote {grids} feature-map grids (feature_maps/), {overlays} overlays (feature_maps_overlay/), "
         f"input.png and stats.json to [bold]{escape(str(out))}[/]"
     )
+    if (out / "examples.json").exists():
+        console.print("Wrote the top examples of each shown channel (feature_examples/) and examples.json")

@@ -16,6 +16,7 @@ from .probe import ProbeResult
 
 FEATURE_MAPS = "feature_maps"
 OVERLAYS = "feature_maps_overlay"
+FEATURE_EXAMPLES = "feature_examples"  # per picture layer: each shown channel's top-activating pool samples
 DEAD_FILTERS = "dead_filters"
 DYING_FILTERS = "dying_filters"
 NEVER_POSITIVE = "never_positive"
@@ -32,6 +33,7 @@ ACTIVATIONS = "activations"  # per layer: histogram of the output's values
 # its own plugin name, so TensorBoard keeps it in the event file but shows no dashboard for it.
 DEAD_STATE = "fm_callback/dead_state"
 SIMILARITY_STATE = "fm_callback/layer_similarity"  # {"layers": [...], "cka": [[...]]} at the last event
+EXAMPLES_STATE = "fm_callback/examples"  # per event, layer and channel: the top examples' dataset indices, values
 STATE_PLUGIN = "fm_callback"
 # The same records as files (one per tag and step) in this folder of a W&B run's files and an MLflow run's artifacts.
 RECORDS = "fm_callback_records"
@@ -294,3 +296,10 @@ def write_similarity(writer: Any, names: list[str], cka: list[list[float]], step
 
     writer.add_image(tag(prefix, LAYER_SIMILARITY), similarity_image(names, cka), step, dataformats="HWC")
     write_json(writer, tag(prefix, SIMILARITY_STATE), {"layers": names, "cka": cka}, step)
+
+
+def write_examples(writer: Any, pictures: dict[str, Any], record: dict[str, Any], step: int, prefix: str = "") -> None:
+    """The ``feature_examples/<layer>`` pictures of one event, and their JSON record for ``fm-callback report``."""
+    for name, picture in pictures.items():
+        add_png(writer, layer_tag(FEATURE_EXAMPLES, name, prefix), picture, step)
+    write_json(writer, tag(prefix, EXAMPLES_STATE), record, step)

@@ -79,6 +79,12 @@ class EventWriter:
                 what=f"writing step {step}",
             )
 
+    def examples(self, pictures: dict[str, Any], record: dict[str, Any], step: int) -> None:
+        """The ``feature_examples/<layer>`` pictures and the examples record of one event, to every writer."""
+        for writer in (self.tensorboard, *self.others):
+            what = f"writing the examples of step {step}"
+            writer.submit(tb.write_examples, pictures, record, step, self.prefix, what=what)
+
     def end_of_fit(
         self,
         step: int,

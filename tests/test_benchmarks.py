@@ -129,3 +129,17 @@ def test_bench_training_quick_reports_every_column(tmp_path):
     report = json.loads(path.read_text())
     assert report["hooks_between_events"] == 0 and report["events_per_fit"] == 2
     assert len(report["seconds"]["with"]) == len(report["seconds"]["without"]) == report["repeats"]
+
+
+def test_bench_examples_quick_reports_every_column(tmp_path):
+    path = tmp_path / "examples.json"
+    stdout = run_script("bench_examples.py", "--quick", "--json", str(path))
+    ((header, rows),) = markdown_tables(stdout)
+    assert header[0] == "model" and len(header) == 10
+    row = dict(zip(header, rows[0], strict=True))
+    assert row["model"] == "demo"
+    (result,) = json.loads(path.read_text())["results"]
+    assert result["pool"] == 32 and result["layers"] == 4 and result["hooks_left"] == 0
+    assert set(result["seconds"]) == {"first scan", "scan", "pictures", "train step"}
+    assert all(seconds > 0 for seconds in result["seconds"].values())
+    assert result["radius"] == {"features.0": 1, "features.4": 4, "features.8": 10, "features.12": 24}

@@ -252,3 +252,51 @@ def test_bf16_mixed_on_cpu_statistics_are_float32(tmp_path):
     acc = EventAccumulator(str(next(Path(tmp_path).rglob("events.out.tfevents.*"))), size_guidance=SIZE)
     acc.Reload()
     assert [e.step for e in acc.Images("feature_maps/net.0")] == [0, 2, 4]
+
+
+class ExamplesReport(pl.Callback):
+    """Each rank saves its examples pool, the probe forwards it ran and the top examples it found at the end."""
+
+    def __init__(self, fm: FeatureMapCallback, out: str) -> None:
+        self.fm, self.out = fm, out
+
+    def on_train_end(self, trainer, pl_module):
+        found = self.fm.examples_pass.run(trainer, self.fm.probe_size)
+        torch.save(
+            {
+                "pool": self.fm.examples_pass.pool,
+                "probe_forwards": pl_module.probe_forwards,
+                "indices": {name: examples.indices for name, examples in found.items()},
+            },
+            Path(self.out) / f"examples{trainer.global_rank}.pt",
+        )
+
+
+def test_ddp_examples_pass_runs_on_every_rank_over_rank_0s_pool(tmp_path):
+    faulthandler.dump_traceback_later(300, exit=True)
+    try:
+        fm = FeatureMapCallback(every_n_steps=2, probe_size=4, examples=2, examples_pool=8)
+        trainer = pl.Trainer(
+            strategy="ddp_fork",
+            accelerator="cpu",
+            devices=2,
+            max_epochs=2,
+            logger=TensorBoardLogger(tmp_path, name="tb"),
+            callbacks=[fm, ExamplesReport(fm, str(tmp_path))],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+        trainer.fit(CountingNet(), DataLoader(RankDataset(), batch_size=4, shuffle=True))
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    reports = [torch.load(tmp_path / f"examples{r}.pt", weights_only=False) for r in range(2)]
+    assert torch.equal(reports[0]["pool"], reports[1]["pool"]), "rank 0's pool, broadcast"
+    assert reports[0]["pool"].shape[0] == 8 and reports[0]["pool"].abs().max() < 50
+    # Every forward on every rank: per event 1 probe + 2 pool chunks, 3 events, the radius measured once per layer
+    # (2), the pass of ExamplesReport (2 chunks).
+    assert [r["probe_forwards"] for r in reports] == [3 * 3 + 2 + 2] * 2
+    for name, indices in reports[0]["indices"].items():
+        assert torch.equal(indices, reports[1]["indices"][name])
+    steps = _images_per_step(tmp_path / "tb", "feature_examples/")
+    assert steps == {"feature_examples/net.0": [0, 2, 4], "feature_examples/net.2": [0, 2, 4]}

@@ -136,6 +136,9 @@ def reference(tmp_path_factory):
         pytest.param({}, True, 3, id="default-schedule"),
         pytest.param({"every_n_steps": 2}, True, 4, id="every-2-steps"),
         pytest.param({"every_n_steps": 2}, False, 4, id="every-2-steps-probe-from-shuffled-train-loader"),
+        # the examples pass: a pool of 12 from the noisy dataset, scanned in 3 chunks at every event
+        pytest.param({"examples": 2, "examples_pool": 12}, True, 3, id="examples"),
+        pytest.param({"examples": 2, "examples_pool": 12, "every_n_steps": 2}, False, 4, id="examples-train-pool"),
     ],
 )
 def test_training_is_bit_identical_with_the_callback(tmp_path, reference, kwargs, with_val, events):
@@ -143,8 +146,9 @@ def test_training_is_bit_identical_with_the_callback(tmp_path, reference, kwargs
     callback = FeatureMapCallback(probe_size=4, **kwargs)
     model, trainer = _fit(tmp_path, [callback], with_val=with_val)
     assert trainer.global_step == 6
-    # The callback really ran: step-0 baseline plus the scheduled events.
+    # The callback really ran: step-0 baseline plus the scheduled events (and the examples pass scanned the pool).
     assert len(callback.tracker.history) == events
+    assert "examples" not in kwargs or callback.examples_pass.scanner.radius == {"features.0": 1, "features.4": 2}
     _assert_same_state(_state(model), ref_state)
     assert torch.equal(torch.get_rng_state(), ref_rng), "the global RNG ended elsewhere"
 
@@ -250,7 +254,9 @@ class Spy(pl.Callback):
         self._take(trainer, pl_module, "on_train_epoch_end")
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"every_n_steps": 2}], ids=["epochs", "steps"])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"every_n_steps": 2}, {"examples": 3, "examples_pool": 10}], ids=["epochs", "steps", "examples"]
+)
 def test_each_event_leaves_rng_buffers_grads_modes_and_hooks_as_they_were(tmp_path, kwargs):
     fm = FeatureMapCallback(probe_size=4, **kwargs)
     shared = {"fm": fm, "checked": []}

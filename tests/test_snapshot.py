@@ -462,3 +462,46 @@ def test_stats_json_dead_channels_follow_the_rule_of_dead_fraction(capsys):
     summary = {"model": "m", "weights": "w", "images": ["a.png"], "predictions": None, "layers": {"0": record}}
     print_summary(summary, Path("out"))
     assert "1/4" in capsys.readouterr().out
+
+
+def test_snapshot_examples_over_a_folder(files, tmp_path, capsys):
+    """--examples DIR: per shown channel, the folder's images ranked by their peak activation, as a direct forward of
+    each image ranks them; a picture per layer and examples.json naming the files."""
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    photo = photo_like()
+    for i, image in enumerate([photo, photo[::-1], photo[:, ::-1], 255 - photo, photo // 2]):
+        Image.fromarray(np.ascontiguousarray(image)).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    argv = ["snapshot", "--model", "resnet18", "--weights", str(files["weights"]), str(files["jpg"])]
+    assert main([*argv, "--out", str(out), "--layers", "conv1", "--max-channels", "4", "--examples", str(folder)]) == 0
+    record = json.loads((out / "examples.json").read_text())
+    assert [Path(p).name for p in record["images"]] == [f"img{i}.png" for i in range(5)]
+    assert record["k"] == 4 and record["pool"] == 5
+    conv1 = record["layers"]["conv1"]
+    assert conv1["radius"] == 3  # ResNet-18's 7x7 stride-2 stem, measured
+    shown = json.loads((out / "stats.json").read_text())["layers"]["conv1"]["shown_channels"]
+    assert list(conv1["channels"]) == [str(c) for c in shown]
+
+    model = torchvision.models.resnet18()
+    model.load_state_dict(torch.load(files["weights"]))
+    model.eval()
+    from fm_callback.snapshot import image_transform, load_images
+
+    transform = image_transform()[0]
+    with torch.no_grad():
+        peaks = model.conv1(load_images(sorted(folder.glob("*.png")), transform)).amax(dim=(2, 3))  # [5, 64]
+    for channel, entry in conv1["channels"].items():
+        expected = torch.argsort(peaks[:, int(channel)], descending=True, stable=True)[:4].tolist()
+        assert entry["indices"] == expected, channel
+        assert entry["values"] == pytest.approx(peaks[expected, int(channel)].tolist(), rel=1e-4)
+    picture = png(out / "feature_examples" / "conv1.png")
+    assert picture.shape[0] > 4 * 64 and picture.std() > 10
+    assert "feature_examples/" in capsys.readouterr().out
+
+
+def test_snapshot_examples_folder_without_images_says_so(files, tmp_path, capsys):
+    argv = ["snapshot", "--model", "resnet18", str(files["jpg"]), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--examples", str(tmp_path)]) == 2
+    assert "--examples: no image file" in " ".join(capsys.readouterr().err.split())

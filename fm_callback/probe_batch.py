@@ -145,7 +145,7 @@ def _read(
         if taken < probe_size:
             rank_zero_warn(
                 f"fm_callback: {what}={probe_size} but only {taken} samples were there to take ({source.text}); "
-                f"using {taken}. "
+                f"probing with {taken}. "
                 f"Pass probe_batch= (a batch of {probe_size} samples) or a smaller {what} to silence this."
             )
     try:

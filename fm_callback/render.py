@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from .marks import frame_tiles, frame_width, paint_header_cell
+
 NONFINITE_RGB = (255, 0, 255)
 BACKGROUND = 24
 PAD = 2
@@ -231,11 +233,14 @@ def channel_header(channels: tuple[int, ...], tile_width: int, digit: int) -> to
     return torch.from_numpy(greys).expand(3, -1, -1)
 
 
-def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
+def with_header(
+    grid: torch.Tensor, channels: list[int], marks: tuple[str | None, ...] = (), rows: int = 1
+) -> torch.Tensor:
     """A CPU grid from :func:`render_feature_grid`, its columns wrapped into bands, a header above each band.
 
     Band after band from the top, each shows the same rows (samples) for the next columns (channels) in
-    order; the last band may be narrower, padded with background on the right.
+    order; the last band may be narrower, padded with background on the right. ``marks`` (one per column, see
+    :func:`marks.column_marks`) colour the header cell and frame the ``rows`` tiles of a dead or dying column.
     """
     body_height, width = grid.shape[1:]
     tile_width = (width + PAD) // len(channels) - PAD
@@ -243,6 +248,7 @@ def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
     band_height = header_height(digit) + body_height
     bands = math.ceil(len(channels) / cols)
     out = torch.full((3, bands * band_height, cols * (tile_width + PAD) - PAD), BACKGROUND, dtype=torch.uint8)
+    frame = frame_width(out.shape[2], tile_width, CARD_WIDTH)
     for band in range(bands):
         shown = channels[band * cols : (band + 1) * cols]
         left, right = band * cols * (tile_width + PAD), (band * cols + len(shown)) * (tile_width + PAD) - PAD
@@ -250,6 +256,12 @@ def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
         top = band * band_height
         out[:, top : top + header.shape[1], : right - left] = header
         out[:, top + header.shape[1] : top + band_height, : right - left] = grid[:, :, left:right]
+        for col, mark in enumerate(marks[band * cols : (band + 1) * cols]):
+            if mark is not None:
+                x = col * (tile_width + PAD)
+                paint_header_cell(out[:, top : top + header.shape[1], x : x + tile_width], mark, BACKGROUND, HEADER_INK)
+                body = out[:, top + header.shape[1] : top + band_height, x : x + tile_width]
+                frame_tiles(body, mark, (body_height + PAD) // rows - PAD, PAD, frame)
     return out
 
 

@@ -12,6 +12,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from . import tensorboard as tb
+from .layout import check_layouts
 from .probe import FeatureMapProbe, ProbeResult, check_input
 from .probe_batch import dry_run, found_normalisation, take_model_input
 from .render import colormap_lut
@@ -26,7 +27,7 @@ class FeatureMapCallback(pl.Callback):
     """Logs per-layer feature-map grids and dead-filter statistics to TensorBoard at set epochs or steps.
 
     Args:
-        layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types; ``None``: every Conv1d/2d/3d.
+        layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types; ``None``: every Conv1d/2d/3d and transformer block.
         image_layers: which watched layers get a picture; ``None``: at most 6 spread over the network.
         every_n_epochs: an event at the end of every n-th training epoch (the default, with n = 1).
         epochs: an event at the end of these epochs only (0-based), instead of every_n_epochs.
@@ -50,6 +51,8 @@ class FeatureMapCallback(pl.Callback):
         similarity: log how each layer's representation of the probe batch changes (``layer_change/*``: 1 - debiased
             linear CKA against the previous event, ``layer_change_from_start/*``: against the first; needs
             ``probe_size >= 4``), the layers' CKA matrix at the end of fit, and a histogram of each layer's values.
+        layouts: ``{layer name or pattern: "channels_first" | "channels_last" | "tokens"}`` for a layer output whose
+            layout its shape does not tell (the callback says which at set-up); the others are recognised.
 
     The scalars (``dead_filters/*``, ``dying_filters/*``, ``never_positive/*``, ``layer_change*/*``) go to every
     logger of the Trainer and into ``trainer.callback_metrics`` (``EarlyStopping`` and ``ModelCheckpoint`` can monitor
@@ -81,6 +84,7 @@ class FeatureMapCallback(pl.Callback):
         overlay: bool = True,
         prefix: str = "",
         similarity: bool = True,
+        layouts: dict[str, str] | None = None,
     ) -> None:
         self.every_n_epochs, self.epochs, self.every_n_steps = check_schedule(every_n_epochs, epochs, every_n_steps)
         for name, value in dict(
@@ -115,6 +119,7 @@ class FeatureMapCallback(pl.Callback):
             overlay=overlay,
             forward_fn=forward_fn,
             similarity=similarity,
+            layouts=check_layouts(layouts),
         )
         colormap_lut(cmap)  # fail now, not at the first event, on an unknown colormap
         self._new_run(dead_patience)

@@ -105,7 +105,7 @@ class FeatureMapProbe:
     Args:
         model: any ``nn.Module`` (a ``torch.compile`` wrapper is unwrapped so hooks fire).
         layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types, mixed;
-            ``None`` watches every Conv1d/2d/3d.
+            ``None`` watches every Conv1d/2d/3d and transformer block (see ``select.py``).
         image_layers: which watched layers get a picture: names/patterns/types, or ``None`` for at most
             6 spread from the first to the last watched layer with maps worth showing (not 1x1, not a conv that
             feeds a sigmoid gate), chosen at the first ``run``; ``[]`` for none.

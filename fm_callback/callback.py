@@ -27,7 +27,8 @@ class FeatureMapCallback(pl.Callback):
     """Logs per-layer feature-map grids and dead-filter statistics to TensorBoard at set epochs or steps.
 
     Args:
-        layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types; ``None``: every Conv1d/2d/3d and transformer block.
+        layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types; ``None``: every Conv1d/2d/3d
+            and transformer block.
         image_layers: which watched layers get a picture; ``None``: at most 6 spread over the network.
         every_n_epochs: an event at the end of every n-th training epoch (the default, with n = 1).
         epochs: an event at the end of these epochs only (0-based), instead of every_n_epochs.

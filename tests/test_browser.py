@@ -239,7 +239,8 @@ def test_channel_numbers_are_legible_in_the_images_card(chromium, run_dir, tmp_p
 
 FILTER_INPUT = 'input[placeholder*="Filter tags"]'  # the Time Series tag filter
 # Every image of the Time Series dashboard's image cards (plain DOM), with its sizes.
-TIME_SERIES_IMAGES = """(() => [...document.querySelectorAll('img')].filter(el => el.complete && el.naturalWidth).map(el => {
+TIME_SERIES_IMAGES = """(() => [...document.querySelectorAll('img')].filter(el => el.complete && el.naturalWidth)
+  .map(el => {
   const box = el.getBoundingClientRect();
   return {naturalWidth: el.naturalWidth, naturalHeight: el.naturalHeight, x: box.x, y: box.y, width: box.width,
           height: box.height};

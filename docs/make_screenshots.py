@@ -1,6 +1,6 @@
 """Make the README's pictures the way a user gets them: train, start TensorBoard, screenshot it with Chromium.
 
-    .venv/bin/python docs/make_screenshots.py [--keep runs/docs [--no-train]] [--quick]
+    .venv/bin/python docs/make_screenshots.py [--keep runs/docs [--no-train]] [--quick] [--pages NAME.png ...]
 
 Trains, on the CPU, into one logdir, ``examples/demo.py`` exactly as the README runs it (default
 FeatureMapCallback), twice:
@@ -13,6 +13,7 @@ then starts TensorBoard with the flags ``fm-callback view`` gives it (``TensorBo
 
 - ``images_tab.png``: Images, filtered to ``feature_maps/`` of the demo run, in a 1600 px window (the width
   the grids' channel numbers are sized for): the first row of cards, one per layer;
+- ``images_tab_dead.png``: the same of the run at lr 0.1, its dead channels marked;
 - ``overlays_tab.png``: Images, ``feature_maps_overlay/`` and ``probe/input`` of the demo run;
 - ``scalars_tab.png``: Scalars, ``dead_filters/`` of the two runs side by side.
 """
@@ -35,6 +36,8 @@ DOCS = ROOT / "docs"
 PAGES = [
     # (file, dashboard, window width, window height, settings the page keeps in its address)
     ("images_tab.png", "images", 1600, 700, {"tagFilter": "^feature_maps/", "regexInput": "^shapes/"}),
+    # the same card, of the run at lr 0.1: dead channels marked red (the README's legend of the marks)
+    ("images_tab_dead.png", "images", 1600, 700, {"tagFilter": "^feature_maps/", "regexInput": "^lr0\\.1/shapes/"}),
     (
         "overlays_tab.png",
         "images",
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny runs, to try the script (not for the README)")
     parser.add_argument("--no-train", action="store_true", help="only the screenshots, of the runs already in --keep")
     parser.add_argument("--scale", type=float, default=2.0, help="device scale factor: sharper text and grids")
+    parser.add_argument("--pages", nargs="*", help="only these pictures (e.g. images_tab_dead.png); default: all")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="fm_callback_docs_") as tmp:
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             served = server.wait_until_loaded()
             print(f"TensorBoard on {server.url} serves runs {sorted(served)}")
             for name, dashboard, width, height, settings in PAGES:
+                if args.pages and name not in args.pages:
+                    continue
                 url = dashboard_url(server.url, dashboard, **settings)
                 flags = [f"--force-device-scale-factor={args.scale}"]
                 out = screenshot(url, DOCS / name, width, height, extra_flags=flags)

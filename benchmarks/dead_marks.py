@@ -2,7 +2,7 @@
 lets through. On the probe the callback uses (the first 16 validation images of the demo's shapes), per default
 picture layer:
 
-- ``shown``: channels in the grid; ``dead``/``dying``: of them, marked dead / dying (the verdict of
+- ``shown``: channels in the grid (all of the layer's); ``dead``/``dying``: of them, marked dead / dying (the verdict of
   ``dead_filters/<layer>`` on all 16 samples);
 - ``dead_lively``: dead channels whose own output still varies on the 4 samples shown (a lively tile: without the
   mark it looks alive);
@@ -23,7 +23,7 @@ import torch
 import torchvision.models as tvm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from shapes import MEAN, STD, ShapesCNN, ShapesDataset  # noqa: E402
+from shapes import ShapesCNN, ShapesDataset  # noqa: E402
 
 from fm_callback import FeatureMapProbe  # noqa: E402
 
@@ -31,7 +31,7 @@ PROBE_SIZE, SHOWN_SAMPLES = 16, 4
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor) -> dict:
-    probe = FeatureMapProbe(model, mean=MEAN, std=STD, similarity=False, overlay=False)
+    probe = FeatureMapProbe(model, max_channels=4096, similarity=False, overlay=False)  # every channel in the grid
     verdict = probe.run(x)
     shown = FeatureMapProbe(model, similarity=False, overlay=False, image_layers=[]).run(x[:SHOWN_SAMPLES])
     rows = {}

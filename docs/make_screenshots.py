@@ -1,6 +1,6 @@
 """Make the README's pictures the way a user gets them: train, start TensorBoard, screenshot it with Chromium.
 
-    .venv/bin/python docs/make_screenshots.py [--keep runs/docs [--no-train]] [--quick]
+    .venv/bin/python docs/make_screenshots.py [--keep runs/docs [--no-train]] [--quick] [--pages NAME.png ...]
 
 Trains, on the CPU, into one logdir, ``examples/demo.py`` exactly as the README runs it (default
 FeatureMapCallback), twice:
@@ -13,6 +13,7 @@ then starts TensorBoard with the flags ``fm-callback view`` gives it (``TensorBo
 
 - ``images_tab.png``: Images, filtered to ``feature_maps/`` of the demo run, in a 1600 px window (the width
   the grids' channel numbers are sized for): the first row of cards, one per layer;
+- ``images_tab_dead.png``: the same of the run at lr 0.1, its dead channels marked;
 - ``overlays_tab.png``: Images, ``feature_maps_overlay/`` and ``probe/input`` of the demo run;
 - ``examples_tab.png``: Images, ``feature_examples/`` of the demo run's three deeper picture layers, in a 1600 px
   window: each shown channel's top examples out of the val set, cropped around where the channel fires;
@@ -37,6 +38,8 @@ DOCS = ROOT / "docs"
 PAGES = [
     # (file, dashboard, window width, window height, settings the page keeps in its address)
     ("images_tab.png", "images", 1600, 700, {"tagFilter": "^feature_maps/", "regexInput": "^shapes/"}),
+    # the same card, of the run at lr 0.1: dead channels marked red (the README's legend of the marks)
+    ("images_tab_dead.png", "images", 1600, 700, {"tagFilter": "^feature_maps/", "regexInput": "^lr0\\.1/shapes/"}),
     (
         "overlays_tab.png",
         "images",

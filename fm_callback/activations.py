@@ -8,10 +8,14 @@ during the probe's forward a ``TorchFunctionMode`` watches every torch function 
 - a watched layer's output is labelled with the layer's key (by the probe's hook);
 - the label follows the tensor through ops that keep channel ``c`` as channel ``c``: normalisation,
   dropout, pooling, resizing, copies, and the activations themselves;
-- at a ReLU-like activation (``relu``, ``relu_``, ``relu6``, as a module or a function) the output's non-zero
-  values are counted per channel, once, on the device, and credited to every layer on the label (when a
-  channel has at least ``MIN_VALUES`` values: too few say nothing);
-- a BatchNorm that has not seen a training batch yet (running statistics still 0 and 1) drops the label;
+- at a ReLU-family activation (``relu``, ``relu6``, ``hardtanh`` and ``clamp`` with a lower bound of 0, as a
+  module or a function: torchvision's ``nn.ReLU6`` calls ``hardtanh``) the output's non-zero values are counted per
+  channel, once, on the device, and credited to every layer on the label (when a channel has at least
+  ``MIN_VALUES`` values: too few say nothing);
+- at any other activation (GELU, SiLU, LeakyReLU, ELU, ...: they cannot silence a channel; a sigmoid or tanh gate)
+  the kind of activation reached is noted for each layer on the label, and the label ends there;
+- after a BatchNorm that has not seen a training batch yet (running statistics still 0 and 1) the activation
+  reached is noted but nothing is counted;
 - anything else (a residual add, a concatenation, a reshape, an in-place op on the labelled tensor) drops
   the label: there the channel mixes with others, no single filter is to blame, and nothing is credited.
 
@@ -26,11 +30,29 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 
+# What a layer's channels reach decides which dead rules apply (see ``LayerReport``): the kinds of activation.
+RELU = "relu"  # the ReLU family: zero below 0, so a filter can be silenced
+SMOOTH = "smooth"  # GELU, SiLU, LeakyReLU, ELU, ...: negative inputs pass (a little), nothing is silenced
+GATE = "gate"  # sigmoid, tanh, softmax: a gate or a bounded output, where negative values are normal
+NONE = "none"  # no activation on the way (logits, a residual add or a reshape first)
 # Function names (torch's overridable API: torch.*, torch.nn.functional.*, Tensor methods) that put a
 # channel to exactly zero below a threshold of 0: a channel whose output is zero everywhere is silenced.
 SILENCING = frozenset({"relu", "relu_", "relu6"})
+# The same, when their lower bound (argument 1 or the keyword) is 0.
+SILENCING_AT_ZERO = {"hardtanh": "min_val", "hardtanh_": "min_val", "clamp": "min", "clamp_": "min"}
+SILENCING_AT_ZERO |= {"clamp_min": "min", "clamp_min_": "min", "clip": "min", "clip_": "min"}
+# ReLU-family modules, for a layer that is one (``Hardtanh`` only with ``min_val=0``, as ``nn.ReLU6``).
+SILENCING_MODULES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh"}
+ACTIVATIONS = {
+    **dict.fromkeys(("gelu", "silu", "silu_", "mish", "mish_", "elu", "elu_", "selu", "selu_", "celu"), SMOOTH),
+    **dict.fromkeys(("celu_", "leaky_relu", "leaky_relu_", "hardswish", "hardswish_", "softplus", "prelu"), SMOOTH),
+    **dict.fromkeys(("rrelu", "rrelu_", "hardshrink", "softshrink", "tanhshrink", "logsigmoid"), SMOOTH),
+    **dict.fromkeys(("sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "tanh", "tanh_"), GATE),
+    **dict.fromkeys(("softmax", "log_softmax", "softmin", "hardtanh", "hardtanh_"), GATE),
+}
 # Ops whose output channel c comes from input channel c alone (or is a copy of it): the label carries over.
 CHANNEL_KEEPING = frozenset(
     {
@@ -87,6 +109,19 @@ def _mutates_first_argument(name: str, kwargs: dict[str, Any]) -> bool:
     return in_place or name.startswith("__i") or name == "__setitem__" or "out" in kwargs
 
 
+def activation_kind(name: str, args: tuple, kwargs: dict[str, Any]) -> str | None:
+    """:data:`RELU`, :data:`SMOOTH` or :data:`GATE` for a call of an activation function ``name``; ``None`` for
+    anything else (a ``clamp`` whose lower bound is not 0 is no activation)."""
+    if name in SILENCING:
+        return RELU
+    if name in SILENCING_AT_ZERO:
+        keyword = SILENCING_AT_ZERO[name]
+        bound = args[1] if len(args) > 1 else kwargs.get(keyword, -1.0 if name.startswith("hardtanh") else None)
+        if isinstance(bound, int | float) and not isinstance(bound, bool) and bound == 0:
+            return RELU
+    return ACTIVATIONS.get(name)
+
+
 def _uncalibrated(args: tuple, kwargs: dict[str, Any]) -> bool:
     """An eval-mode ``batch_norm`` whose running statistics are still their initial 0 and 1.
 
@@ -108,30 +143,34 @@ class ActivationLineage(TorchFunctionMode):
     ``silenced[key]``: bool ``[C]``, zero at every position of every sample after every activation the layer
     reached; ``firing[key]``: float32 ``[C]``, share of positions where the activation's output is non-zero
     (the larger one where a channel reaches several activations). Both stay on the activation's device.
+    ``reached[key]``: ``(kind, function name)`` of the activation the layer reached (a ReLU-family one first).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._labels: dict[int, tuple[weakref.ref, tuple[str, ...]]] = {}
-        self._widths: dict[str, int] = {}
+        self._labels: dict[int, tuple[weakref.ref, tuple[str, ...], bool]] = {}  # id -> (tensor, keys, counted)
+        self._widths: dict[str, tuple[int, int]] = {}  # key -> (channel dim, channels)
         self.silenced: dict[str, torch.Tensor] = {}
         self.firing: dict[str, torch.Tensor] = {}
+        self.reached: dict[str, tuple[str, str]] = {}
 
-    def label(self, tensor: torch.Tensor, key: str) -> None:
-        """Mark ``tensor`` (a watched layer's output, channels in dim 1) as coming from layer ``key``."""
+    def label(self, tensor: torch.Tensor, key: str, channel_dim: int = 1) -> None:
+        """Mark ``tensor`` (a watched layer's output, channels in ``channel_dim``) as coming from layer ``key``."""
         if tensor.dim() < 2:
             return
-        self._widths[key] = tensor.shape[1]
-        self._set(tensor, (*self._keys(tensor), key))
+        self._widths[key] = (channel_dim % tensor.dim(), tensor.shape[channel_dim])
+        keys, counted = self._keys(tensor)
+        self._set(tensor, (*keys, key), counted)
 
-    def _keys(self, tensor: Any) -> tuple[str, ...]:
+    def _keys(self, tensor: Any) -> tuple[tuple[str, ...], bool]:
+        """The layers ``tensor`` comes from, and whether an activation after it is counted (see ``_uncalibrated``)."""
         entry = self._labels.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
-        return entry[1] if entry is not None and entry[0]() is tensor else ()
+        return (entry[1], entry[2]) if entry is not None and entry[0]() is tensor else ((), True)
 
-    def _set(self, tensor: Any, keys: tuple[str, ...]) -> None:
+    def _set(self, tensor: Any, keys: tuple[str, ...], counted: bool = True) -> None:
         if isinstance(tensor, torch.Tensor):
             if keys:
-                self._labels[id(tensor)] = (weakref.ref(tensor), keys)
+                self._labels[id(tensor)] = (weakref.ref(tensor), keys, counted)
             else:
                 self._labels.pop(id(tensor), None)
 
@@ -139,18 +178,26 @@ class ActivationLineage(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         source = args[0] if args else kwargs.get("input")
-        keys = self._keys(source)
+        keys, counted = self._keys(source)
         if not keys:
             return out
         name = getattr(func, "__name__", "")
         result = out[0] if isinstance(out, tuple) and out else out
-        if name in SILENCING:
-            self._count(keys, result)
-            self._set(result, keys)
+        kind = activation_kind(name, args, kwargs)
+        if kind is not None:
+            for key in keys:  # a ReLU-family activation reached on any path decides
+                if self.reached.get(key, (NONE,))[0] != RELU:
+                    self.reached[key] = (kind, name.rstrip("_"))
+        if kind == RELU:
+            if counted:
+                self._count(keys, result)
+            self._set(result, keys, counted)
+        elif kind is not None:
+            self._set(source, ())  # its own output, if in place: the channel's path ends at this activation
         elif name == "batch_norm" and _uncalibrated(args, kwargs):
-            self._set(result, ())  # a fresh model's step-0 BatchNorm: a silence here is not the filter's doing
+            self._set(result, keys, False)  # a fresh model's step-0 BatchNorm: a silence after it is not the filter's
         elif name in CHANNEL_KEEPING:
-            self._set(result, keys)
+            self._set(result, keys, counted)
         elif _mutates_first_argument(name, kwargs):
             self._set(source, ())
             self._set(kwargs.get("out"), ())
@@ -160,14 +207,17 @@ class ActivationLineage(TorchFunctionMode):
         """Per channel: does the activation's output hold any non-zero value, and at what share of positions."""
         if not isinstance(output, torch.Tensor) or output.dim() < 2 or output.numel() == 0:
             return
-        channels = output.shape[1]
-        if output.numel() // channels < MIN_VALUES:
-            return  # a 1x1 map of a few samples: silence there is a selective channel as often as a dead one
-        dims = [0, *range(2, output.dim())]
-        firing = torch.count_nonzero(output, dim=dims).float().div_(output.numel() // channels)
+        counted: dict[int, torch.Tensor] = {}
         for key in keys:
-            if self._widths.get(key) != channels:
+            dim, channels = self._widths.get(key, (1, 0))
+            if dim >= output.dim() or output.shape[dim] != channels:
                 continue
+            if output.numel() // channels < MIN_VALUES:
+                continue  # a 1x1 map of a few samples: silence there is a selective channel as often as a dead one
+            if dim not in counted:
+                dims = [d for d in range(output.dim()) if d != dim]
+                counted[dim] = torch.count_nonzero(output, dim=dims).float().div_(output.numel() // channels)
+            firing = counted[dim]
             if key in self.firing:
                 self.firing[key] = torch.maximum(self.firing[key], firing)
                 self.silenced[key] &= firing == 0

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from . import tensorboard as tb
 from .examples_pass import ExamplesPass
 from .fit_notes import say_at_fit_start, warn_on_rank
+from .layout import check_layouts
 from .probe import FeatureMapProbe, ProbeResult, check_input
 from .probe_batch import ProbeSource, dry_run, found_normalisation, take_model_input
 from .render import colormap_lut
@@ -31,7 +32,8 @@ class FeatureMapCallback(pl.Callback):
     """Logs per-layer feature-map grids and dead-filter statistics to TensorBoard at set epochs or steps.
 
     Args:
-        layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types; ``None``: every Conv1d/2d/3d.
+        layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types; ``None``: every Conv1d/2d/3d
+            and transformer block.
         image_layers: which watched layers get a picture; ``None``: at most 6 spread over the network.
         every_n_epochs: an event at the end of every n-th training epoch (the default, with n = 1).
         epochs: an event at the end of these epochs only (0-based), instead of every_n_epochs.
@@ -59,6 +61,8 @@ class FeatureMapCallback(pl.Callback):
             crops of the inputs around where the channel peaks), at every event; 0 turns them off.
         examples_pool: how many samples to find them in: the first of the val dataset, else of the train dataset,
             scanned in chunks of ``probe_size``.
+        layouts: ``{layer name or pattern: "channels_first" | "channels_last" | "tokens"}`` for a layer output whose
+            layout its shape does not tell (the callback says which at set-up); the others are recognised.
 
     The scalars (``dead_filters/*``, ``dying_filters/*``, ``never_positive/*``, ``layer_change*/*``) go to every
     logger of the Trainer and into ``trainer.callback_metrics`` (``EarlyStopping`` and ``ModelCheckpoint`` can monitor
@@ -92,6 +96,7 @@ class FeatureMapCallback(pl.Callback):
         similarity: bool = True,
         examples: int = 0,
         examples_pool: int = 256,
+        layouts: dict[str, str] | None = None,
     ) -> None:
         self.every_n_epochs, self.epochs, self.every_n_steps = check_schedule(every_n_epochs, epochs, every_n_steps)
         for name, value in dict(
@@ -133,6 +138,7 @@ class FeatureMapCallback(pl.Callback):
             overlay=overlay,
             forward_fn=forward_fn,
             similarity=similarity,
+            layouts=check_layouts(layouts),
         )
         colormap_lut(cmap)  # fail now, not at the first event, on an unknown colormap
         self._new_run(dead_patience)

@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from math import prod
 from typing import Any
 
 import torch
@@ -21,7 +22,9 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
 from . import render, similarity
-from .activations import ActivationLineage, outside_lineage
+from .activations import GATE, RELU, SILENCING_MODULES, ActivationLineage, outside_lineage
+from .layout import check_layouts, given_layout, recognise
+from .marks import column_marks
 from .results import LayerReport, ProbeResult
 from .select import LayerSpec, select_layers, unwrap_compiled
 from .stats import DEFAULT_ATOL, DEFAULT_RTOL, ChannelStats, channel_stats
@@ -130,9 +133,10 @@ class FeatureMapProbe:
     Args:
         model: any ``nn.Module`` (a ``torch.compile`` wrapper is unwrapped so hooks fire).
         layers: module names, glob patterns (``"features.*"``) or ``nn.Module`` types, mixed;
-            ``None`` watches every Conv1d/2d/3d.
+            ``None`` watches every Conv1d/2d/3d and transformer block (see ``select.py``).
         image_layers: which watched layers get a picture: names/patterns/types, or ``None`` for at most
-            6 spread from the first to the last watched layer; ``[]`` for none.
+            6 spread from the first to the last watched layer with maps worth showing (not 1x1, not a conv that
+            feeds a sigmoid gate), chosen at the first ``run``; ``[]`` for none.
         max_channels: columns per grid. max_samples: rows per grid (probe samples shown).
         channel_order: ``"std"`` shows the most varied channels first, ``"index"`` the first ones.
         cmap: matplotlib colormap of the grids. atol, rtol: the dead rule's tolerances.
@@ -145,6 +149,8 @@ class FeatureMapProbe:
             default ``model(x)``.
         similarity: also keep each layer's N x N Gram matrix of the probe batch (``LayerReport.gram``, compared
             with ``similarity.layer_change``) and a histogram of its values (``LayerReport.histogram``).
+        layouts: ``{layer name or pattern: "channels_first" | "channels_last" | "tokens"}`` for outputs whose
+            layout cannot be told from their shape (see ``layout.py``); the others are recognised.
     """
 
     def __init__(
@@ -164,6 +170,7 @@ class FeatureMapProbe:
         follow_activations: bool = True,
         forward_fn: Callable[[nn.Module, Any], Any] | None = None,
         similarity: bool = True,
+        layouts: dict[str, str] | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -178,6 +185,7 @@ class FeatureMapProbe:
             raise ValueError("mean and std go together: pass both (the input normalisation) or neither")
         self.model = unwrap_compiled(model)
         self.layers = select_layers(self.model, layers)
+        self.layouts = check_layouts(layouts)
         self.image_names = self._image_names(image_layers)
         self.max_channels = max_channels
         self.max_samples = max_samples
@@ -194,14 +202,10 @@ class FeatureMapProbe:
         self.pinned_channels: dict[str, list[int]] = {}
         self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
 
-    def _image_names(self, image_layers: LayerSpec | Sequence[LayerSpec] | None) -> list[str]:
+    def _image_names(self, image_layers: LayerSpec | Sequence[LayerSpec] | None) -> list[str] | None:
         names = [name for name, _ in self.layers]
         if image_layers is None:
-            count = min(DEFAULT_IMAGE_LAYERS, len(names))
-            if count == 1:
-                return names[:1]
-            picks = {round(i * (len(names) - 1) / (count - 1)) for i in range(count)}
-            return [names[i] for i in sorted(picks)]
+            return None  # chosen at the first run, from what the layers put out
         if isinstance(image_layers, Sequence) and not isinstance(image_layers, str) and len(image_layers) == 0:
             return []
         chosen = [name for name, _ in select_layers(self.model, image_layers, argument="image_layers")]
@@ -212,16 +216,43 @@ class FeatureMapProbe:
             )
         return chosen
 
+    def _default_image_names(self, raw: dict[str, tuple], lineage: ActivationLineage) -> list[str]:
+        """At most ``DEFAULT_IMAGE_LAYERS`` spread over the depth of the layers with maps worth showing: more than
+        one position, and not a conv feeding a sigmoid gate (squeeze-excitation)."""
+        names = [
+            key
+            for key, (shape, *_) in raw.items()
+            if "#" not in key and len(shape) >= 3 and prod(shape[2:]) > 1 and lineage.reached.get(key, ("",))[0] != GATE
+        ]
+        count = min(DEFAULT_IMAGE_LAYERS, len(names))
+        if count <= 1:
+            return names[:count]
+        return [names[i] for i in sorted({round(i * (len(names) - 1) / (count - 1)) for i in range(count)})]
+
     def run(self, x: Any) -> ProbeResult:
         """One forward of ``model(x)`` in eval mode under ``no_grad`` with hooks attached for its duration.
 
-        Every module's train/eval mode and the RNG state are restored afterwards, whatever happens.
+        Every module's train/eval mode and the RNG state are restored afterwards, whatever happens. The first run
+        with default picture layers draws every layer with maps, then keeps the pictures of those it chooses.
         """
         check_input(x, self.mean, self.std)
+        raw, lineage = self._forward(x)
+        if self.image_names is None:
+            self.image_names = self._default_image_names(raw, lineage)
+            for key, entry in raw.items():
+                if key.split("#")[0] not in self.image_names:
+                    raw[key] = (*entry[:4], None, entry[5])
+        return self._collect(raw, x, lineage)
+
+    def _forward(self, x: Any) -> tuple[dict[str, Any], ActivationLineage]:
+        """Hooks on, one forward, hooks off: per layer key what :meth:`_reduce` made of its output, and what the
+        activations after it let through."""
         calls: Counter[str] = Counter()
-        raw: dict[str, tuple[tuple[int, ...], ChannelStats, Any, Any]] = {}
+        raw: dict[str, Any] = {}
         warned = self._warned
         lineage = ActivationLineage()  # which of these channels a following ReLU silences
+        first = first_tensor(x)
+        input_shape = tuple(first.shape) if first is not None else None
 
         def make_hook(name: str, picture: bool):
             def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -237,17 +268,21 @@ class FeatureMapProbe:
                             stacklevel=2,
                         )
                     return
+                layout = recognise(name, module, tuple(tensor.shape), input_shape, given_layout(self.layouts, name))
+                view = layout.view(tensor.detach())
+                own = SILENCING_MODULES.get(type(module)) if _silences(module) else None
+                draw = picture if self.image_names is not None else view.dim() >= 3  # choosing: draw every map
                 with outside_lineage():  # the probe's own reductions are not part of the model's forward
-                    raw[key] = (tuple(tensor.shape), *self._reduce(key, tensor.detach(), picture))
-                    lineage.label(tensor, key)
+                    raw[key] = (tuple(view.shape), layout, own, *self._reduce(key, view, draw))
+                    lineage.label(tensor, key, 1 if layout.kind == "channels_first" else -1)
 
             return hook
 
-        hooks = [(module, make_hook(name, name in self.image_names)) for name, module in self.layers]
+        hooks = [(module, make_hook(name, name in (self.image_names or ()))) for name, module in self.layers]
         following = lineage if self.follow_activations else contextlib.nullcontext()
         with probing(self.model, hooks), following:
             forward(self.model, x, self.forward_fn)
-        return self._collect(raw, x, lineage)
+        return raw, lineage
 
     def _reduce(self, name: str, output: torch.Tensor, picture: bool) -> tuple[ChannelStats, Any, Any]:
         """Statistics, (for picture layers) grid, channels and energy map, and (with ``similarity``) the Gram
@@ -277,24 +312,36 @@ class FeatureMapProbe:
         return stats, (grid, channels.tolist(), energy), representation
 
     def _collect(self, raw: dict[str, tuple], x: Any, lineage: ActivationLineage) -> ProbeResult:
-        """Move the small per-layer results to the CPU and finish the pictures there."""
+        """Move the small per-layer results to the CPU and finish the pictures there, with the dead and dying marks
+        (only known now, after the activations that follow each layer)."""
         images = None
         first = first_tensor(x)
         if first is not None:
             images = render.input_images(first.detach().cpu(), self.max_samples, self.mean, self.std)
         reports = {}
-        for key, (shape, stats, picture, representation) in raw.items():
-            report = LayerReport(name=key, shape=shape, stats=stats.to("cpu"))
+        for key, (shape, layout, own, stats, picture, representation) in raw.items():
+            report = LayerReport(name=key, shape=shape, stats=stats.to("cpu"), layout=str(layout))
             if representation is not None:
                 report.gram, report.histogram = (t.cpu() for t in representation)
+            report.activation_kind, report.activation = lineage.reached.get(key, (report.activation_kind, None))
             if key in lineage.silenced:
                 report.silenced, report.firing = lineage.silenced[key].cpu(), lineage.firing[key].cpu()
+            elif own is not None:  # a ReLU-family layer watched itself: its own output is what it lets through
+                report.activation_kind, report.activation = RELU, own
+                report.firing = 1.0 - report.stats.zero_fraction
+                report.silenced = report.firing == 0
             if picture is not None and picture[0] is not None:
                 grid, channels, energy = picture
-                report.grid = render.with_header(grid.cpu(), channels)
+                marks = column_marks(report.dead, report.dying, channels)
+                report.grid = render.with_header(grid.cpu(), channels, marks, min(self.max_samples, shape[0]))
                 report.channels = channels
                 if energy is not None and images is not None and shape[0] == first.shape[0]:  # same samples
                     report.overlay = render.overlay(images, energy.cpu(), self.overlay_lut)
             reports[key] = report
         input_image = render.image_row(images) if images is not None else None
         return ProbeResult(reports, input_image)
+
+
+def _silences(module: nn.Module) -> bool:
+    """A ReLU-family module (``Hardtanh`` only with a lower bound of 0, as ``ReLU6``)."""
+    return type(module) in SILENCING_MODULES and getattr(module, "min_val", 0.0) == 0

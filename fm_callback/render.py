@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from .marks import frame_tiles, frame_width, paint_header_cell
+
 NONFINITE_RGB = (255, 0, 255)
 BACKGROUND = 24
 PAD = 2
@@ -40,7 +42,12 @@ LEVELS = 64
 # in TensorBoard 2.21 with headless Chromium at window widths 1150, 1600 and 1920 px: the <img> of every
 # card had clientWidth 350 for naturalWidth 200 to 1600 (tests/test_browser.py measures it again).
 CARD_WIDTH = 350
-SCREEN_DIGIT = 8  # digit height the header aims at on screen in that card (7 px is the least that reads)
+# The Time Series tab shows every image 215 CSS px tall, its width following (a 526 x 562 grid 201 px wide, a
+# 270 x 298 one 195 px wide), measured in TensorBoard 2.21 with headless Chromium in a 1600 px window
+# (tests/test_browser.py measures it again).
+TIME_SERIES_HEIGHT = 215
+SCREEN_DIGIT = 8  # digit height the header aims at on screen in those cards
+LEGIBLE_DIGIT = 7  # the least that reads
 MIN_DIGIT = 9  # digit height in the PNG itself, for "Show actual image size" and snapshot files
 
 
@@ -144,9 +151,16 @@ def render_feature_grid(
     return tile(colorize(fit_tile(norm), lut, nonfinite))
 
 
-def digit_height(width: int) -> int:
-    """Digit height in pixels of the header of a grid ``width`` px wide: SCREEN_DIGIT once the card scales it."""
-    return max(MIN_DIGIT, math.ceil(SCREEN_DIGIT * width / CARD_WIDTH))
+def digit_height(width: int, bands: int = 1, body_height: int = 0) -> int:
+    """Digit height in pixels of the header of a grid ``width`` px wide of ``bands`` bands of ``body_height`` px
+    tiles: SCREEN_DIGIT once the Images card scales it to CARD_WIDTH wide and the Time Series card to
+    TIME_SERIES_HEIGHT tall (where the headers, growing with the digits, are part of the height)."""
+    digit = max(MIN_DIGIT, math.ceil(SCREEN_DIGIT * width / CARD_WIDTH))
+    while digit < 4 * MIN_DIGIT and digit * TIME_SERIES_HEIGHT < SCREEN_DIGIT * bands * (
+        header_height(digit) + body_height
+    ):
+        digit += 1
+    return digit
 
 
 # Headers are drawn once per (channels, tile width, digit height) and kept: with the three caches below a grid's
@@ -194,17 +208,19 @@ def band_layout(channels: int, widest: int, tile_width: int, body_height: int) -
     bands, each under its own header, shrinks it less; the number of bands is the one that makes the grid
     closest to square, which gives the maps the most of the card without making the card much taller than wide.
     Digits are as tall as that grid's width asks (:func:`digit_height`), but never wider than a tile when the
-    widest label has ``widest`` digits.
+    widest label has ``widest`` digits; a layout whose digits are at least LEGIBLE_DIGIT px on screen in both the
+    Images and the Time Series card comes before a squarer one.
     """
     best = None
     for bands in sorted({math.ceil(channels / cols) for cols in range(1, channels + 1)}):
         cols = math.ceil(channels / bands)
         width = cols * (tile_width + PAD) - PAD
-        digit = digit_height(width)
+        digit = digit_height(width, bands, body_height)
         while digit > MIN_DIGIT and _label_width(widest, digit) > tile_width:
             digit -= 1
         height = bands * (header_height(digit) + body_height)
-        score = abs(math.log(height / width))
+        on_screen = min(digit * CARD_WIDTH / width, digit * TIME_SERIES_HEIGHT / height)
+        score = (on_screen < LEGIBLE_DIGIT, abs(math.log(height / width)))
         if best is None or score < best[0]:
             best = (score, cols, digit)
     return best[1], best[2]
@@ -231,11 +247,14 @@ def channel_header(channels: tuple[int, ...], tile_width: int, digit: int) -> to
     return torch.from_numpy(greys).expand(3, -1, -1)
 
 
-def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
+def with_header(
+    grid: torch.Tensor, channels: list[int], marks: tuple[str | None, ...] = (), rows: int = 1
+) -> torch.Tensor:
     """A CPU grid from :func:`render_feature_grid`, its columns wrapped into bands, a header above each band.
 
     Band after band from the top, each shows the same rows (samples) for the next columns (channels) in
-    order; the last band may be narrower, padded with background on the right.
+    order; the last band may be narrower, padded with background on the right. ``marks`` (one per column, see
+    :func:`marks.column_marks`) colour the header cell and frame the ``rows`` tiles of a dead or dying column.
     """
     body_height, width = grid.shape[1:]
     tile_width = (width + PAD) // len(channels) - PAD
@@ -243,6 +262,7 @@ def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
     band_height = header_height(digit) + body_height
     bands = math.ceil(len(channels) / cols)
     out = torch.full((3, bands * band_height, cols * (tile_width + PAD) - PAD), BACKGROUND, dtype=torch.uint8)
+    frame = frame_width(out.shape[2], tile_width, CARD_WIDTH)
     for band in range(bands):
         shown = channels[band * cols : (band + 1) * cols]
         left, right = band * cols * (tile_width + PAD), (band * cols + len(shown)) * (tile_width + PAD) - PAD
@@ -250,6 +270,12 @@ def with_header(grid: torch.Tensor, channels: list[int]) -> torch.Tensor:
         top = band * band_height
         out[:, top : top + header.shape[1], : right - left] = header
         out[:, top + header.shape[1] : top + band_height, : right - left] = grid[:, :, left:right]
+        for col, mark in enumerate(marks[band * cols : (band + 1) * cols]):
+            if mark is not None:
+                x = col * (tile_width + PAD)
+                paint_header_cell(out[:, top : top + header.shape[1], x : x + tile_width], mark, BACKGROUND, HEADER_INK)
+                body = out[:, top + header.shape[1] : top + band_height, x : x + tile_width]
+                frame_tiles(body, mark, (body_height + PAD) // rows - PAD, PAD, frame)
     return out
 
 

@@ -151,6 +151,8 @@ def summarize(run: Run, settled_below: float = SETTLED_BELOW, settled_events: in
             {
                 "layer": name,
                 "channels": now["channels"],
+                "rule": now.get("rule"),  # which dead rule applied (records before 0.x: None)
+                "silencing": now.get("silencing"),
                 "dead_fraction": [len(la["dead"]) / la["channels"] if la and la["channels"] else None for la in at],
                 "dead": now["dead"],
                 "persistent": now["persistent"],
@@ -274,8 +276,18 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         f"{last['epoch']}); persistently dead = dead for {summary['patience']} consecutive events or more."
     )
     _show(console, _fraction_table(console, summary))
+    console.print(_rules(layers))
+    rules: dict[str, list[str]] = {}
+    for layer in layers:
+        rules.setdefault(layer["rule"] or "not recorded", []).append(layer["layer"])
+    rows = [(rule, f"{len(names)}: {', '.join(names)}") for rule, names in rules.items()]
+    _print_table(console, "Dead rule per layer (which rule could fire), and how many layers:", (), rows)
     title = f"Dead at the last event (step {last['step']}, epoch {last['epoch']}):"
-    _print_table(console, title, (), _channels(layers, "dead"), "[green]No dead channel at the last event.[/green]")
+    constant_only = sum(layer["silencing"] is False for layer in layers)
+    caveat = f" ({constant_only} of {len(layers)} layers by the constant rule only)" if constant_only else ""
+    _print_table(
+        console, title, (), _channels(layers, "dead"), f"[green]No dead channel at the last event.[/green]{caveat}"
+    )
 
     persistent: dict[tuple, list[int]] = {}  # channels by layer and the event their streak began: a row each
     for layer in layers:
@@ -311,7 +323,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         ]
         title = f"Channels whose top examples changed since the previous examples event (step {last['step']}):"
         _print_table(console, title, (), rows)
-    title = "Never positive at the last event, not dead (no ReLU silences them: logits, or a BatchNorm first):"
+    title = "Never positive at the last event, not dead (a BatchNorm shifts them before the ReLU, or GELU/SiLU):"
     _print_table(console, title, (), _channels(layers, "never_positive_alive"))
     console.print()
 
@@ -333,6 +345,17 @@ def _fraction_table(console: Console, summary: dict[str, Any]) -> Table:
         if _widths(console, table).maximum <= console.width:
             break
     return table
+
+
+def _rules(layers: list[dict[str, Any]]) -> str:
+    """Over which channels ``dead_filters/all`` is taken, and how many of them a silencing rule could judge."""
+    judged = [layer for layer in layers if layer["silencing"]]
+    total, silenced = (sum(la["channels"] or 0 for la in group) for group in (layers, judged))
+    return (
+        f"dead_filters/all is over all {total} channels of {len(layers)} layers; {silenced} channels of {len(judged)} "
+        "layers reach a ReLU-family activation (dead: constant or silenced by it; dying: it fires on at most 1 % of "
+        "positions), the rest are dead only when constant (GELU, SiLU, a gate or nothing follows)."
+    )
 
 
 def _print_table(console: Console, title: str, headers: tuple[str, ...], rows: list[tuple], empty: str = "") -> None:

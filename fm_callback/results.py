@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .activations import GATE, NONE, RELU, SMOOTH
 from .stats import ChannelStats
 
 DYING_FIRING = 0.01  # a channel that fires on at most 1 % of the probe batch's positions is dying
@@ -35,6 +36,30 @@ class LayerReport:
     # The representation of the probe batch, for CKA (see ``similarity.py``); None with ``similarity=False``.
     gram: torch.Tensor | None = None  # float64 [N, N]: Gram matrix X Xᵀ of the output flattened per sample
     histogram: torch.Tensor | None = None  # int64 [bins]: counts of (a sample of) the output's values over [min, max]
+    layout: str = "channels_first"  # how the output was read as (N, C, *spatial): see ``layout.py``
+    # The activation the channels reach first (a ReLU-family one wins), its function name, and its kind (see
+    # ``activations.py``): it decides which dead rules can fire. A ReLU-family layer watched itself reaches itself.
+    activation: str | None = None
+    activation_kind: str = NONE
+
+    @property
+    def silencing(self) -> bool:
+        """Whether a ReLU-family activation follows (or this is one): only then can the dying rule fire."""
+        return self.activation_kind == RELU
+
+    @property
+    def rule(self) -> str:
+        """Which dead rule applied, in words: ``silenced after hardtanh``, ``constant only (gelu cannot silence)``."""
+        if self.silenced is not None:
+            return f"silenced after {self.activation}"
+        if self.activation_kind == RELU:
+            return (
+                f"{self.activation}: own output"
+                if self.firing is not None
+                else f"constant ({self.activation} not counted)"
+            )
+        reason = {SMOOTH: f"{self.activation} cannot silence", GATE: f"{self.activation} gate"}
+        return f"constant only ({reason.get(self.activation_kind, 'no activation follows')})"
 
     @property
     def dead(self) -> torch.Tensor:
@@ -49,8 +74,11 @@ class LayerReport:
     def dying(self) -> torch.Tensor:
         """Channels that fire on at most ``DYING_FIRING`` of the positions (dead ones included): the early warning.
 
-        Measured after the following activation when there is one, else on this layer's own output.
+        Measured after the following ReLU-family activation, else (a fresh BatchNorm first) on this layer's own
+        output; only the dead ones where no ReLU-family activation follows (nothing else leaves a channel at 0).
         """
+        if not self.silencing:
+            return self.dead
         firing = self.firing if self.firing is not None else 1.0 - self.stats.zero_fraction
         return (firing <= DYING_FIRING) | self.dead
 
@@ -61,6 +89,11 @@ class LayerReport:
     @property
     def never_positive(self) -> torch.Tensor:
         return self.stats.never_positive
+
+    @property
+    def never_positive_applies(self) -> bool:
+        """ "Never positive" means something before a ReLU-like activation, not before a gate or as logits."""
+        return self.activation_kind in (RELU, SMOOTH)
 
     @property
     def channel_mean(self) -> torch.Tensor:
@@ -106,5 +139,7 @@ class ProbeResult(Mapping[str, LayerReport]):
 
     @property
     def dying_fraction(self) -> float:
-        """Dying share (dead included) over every monitored channel of every layer."""
-        return share([r.dying for r in self.reports.values()])
+        """Dying share (dead included) over the channels of the layers a ReLU-family activation follows (NaN if
+        none does: the rule cannot fire)."""
+        masks = [r.dying for r in self.reports.values() if r.silencing]
+        return share(masks) if masks else float("nan")

@@ -16,6 +16,16 @@ _GLOB_CHARS = set("*?[")
 _LOOKALIKES = {(a, b) for group in ("0Oo", "1lIi|", "2Zz", "5Ss", "8B") for a in group for b in group}
 
 
+def is_attention_block(module: nn.Module) -> bool:
+    """A transformer block, watched by default with the convs: a module with an attention module among its children
+    (timm's ViT ``Block``, torchvision's ``EncoderBlock``, Swin's blocks). Its output is read as tokens or
+    channels-last maps (see ``layout.py``)."""
+    return any(
+        isinstance(child, nn.MultiheadAttention) or type(child).__name__.endswith("Attention")
+        for child in module.children()
+    )
+
+
 def unwrap_compiled(model: nn.Module) -> nn.Module:
     """The eager module behind a ``torch.compile`` wrapper (hooks must fire, so the probe runs eagerly)."""
     return getattr(model, "_orig_mod", model)
@@ -65,7 +75,8 @@ def _as_specs(layers: LayerSpec | Sequence[LayerSpec] | None, argument: str = "l
 def select_layers(
     model: nn.Module, layers: LayerSpec | Sequence[LayerSpec] | None = None, argument: str = "layers"
 ) -> list[tuple[str, nn.Module]]:
-    """Modules of ``model`` named or matched by ``layers``, in ``named_modules()`` order, each once.
+    """Modules of ``model`` named or matched by ``layers``, in ``named_modules()`` order, each once; ``None``: every
+    conv and transformer block (:func:`is_attention_block`).
 
     Raises ``ValueError`` naming the closest existing names when a name or pattern matches nothing.
     """
@@ -92,6 +103,8 @@ def select_layers(
                 raise ValueError(f"{argument}: the model has no module named {spec!r}. {_name_hint(spec, names)}")
             hits = {spec}
         chosen |= hits
+    if layers is None:
+        chosen |= {name for name, module in named if is_attention_block(module)}
     if not chosen:
         kinds = ", ".join(t.__name__ for t in DEFAULT_TYPES)
         raise ValueError(

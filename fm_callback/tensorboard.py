@@ -67,14 +67,22 @@ def scalar_metrics(
 ) -> dict[str, float]:
     """The scalars of one probe event by name: per layer and over all channels, the dead and dying shares; per
     layer, the never-positive share (NaN for a layer without channels), and the representation changes given as
-    ``{LAYER_CHANGE: {layer: value}, LAYER_CHANGE_FROM_START: {...}}``. Names are the TensorBoard tags."""
+    ``{LAYER_CHANGE: {layer: value}, LAYER_CHANGE_FROM_START: {...}}``. Names are the TensorBoard tags.
+
+    A rule that cannot fire is left out, not logged as a reassuring 0: ``dying_filters`` where no ReLU-family
+    activation follows the layer (``dying_filters/all`` is over the layers one follows), ``never_positive`` before
+    a gate or nothing (logits). ``dead_filters`` is always there: a constant channel is dead before any activation.
+    """
     metrics: dict[str, float] = {}
     for name, report in result.items():
         metrics[layer_tag(DEAD_FILTERS, name, prefix)] = report.dead_fraction
-        metrics[layer_tag(DYING_FILTERS, name, prefix)] = report.dying_fraction
-        metrics[layer_tag(NEVER_POSITIVE, name, prefix)] = float(report.never_positive.float().mean())  # NaN if empty
+        if report.silencing:
+            metrics[layer_tag(DYING_FILTERS, name, prefix)] = report.dying_fraction
+        if report.never_positive_applies:  # NaN for a layer without channels
+            metrics[layer_tag(NEVER_POSITIVE, name, prefix)] = float(report.never_positive.float().mean())
     metrics[layer_tag(DEAD_FILTERS, ALL_LAYERS, prefix)] = result.dead_fraction
-    metrics[layer_tag(DYING_FILTERS, ALL_LAYERS, prefix)] = result.dying_fraction
+    if any(report.silencing for report in result.values()):
+        metrics[layer_tag(DYING_FILTERS, ALL_LAYERS, prefix)] = result.dying_fraction
     for kind, values in (changes or {}).items():
         for name, value in values.items():
             metrics[layer_tag(kind, name, prefix)] = value

@@ -140,10 +140,14 @@ class DeadFilterTracker:
         layers = {}
         for name, report in result.items():
             streak, since = self.streak.get(name, []), self.since.get(name, [])
+            never_positive = report.never_positive.nonzero().flatten().tolist() if report.never_positive_applies else []
             layers[name] = {
                 "channels": int(report.dead.numel()),
                 "dead": report.dead.nonzero().flatten().tolist(),
-                "never_positive": report.never_positive.nonzero().flatten().tolist(),
+                "rule": report.rule,  # which dead rule applied: silenced after a ReLU-family activation, or constant
+                "silencing": report.silencing,
+                "layout": report.layout,
+                "never_positive": never_positive,  # only before a ReLU-like activation (not logits, not a gate)
                 "persistent": [
                     {"channel": c, "since_step": since[c][0], "since_epoch": since[c][1], "events": n}
                     for c, n in enumerate(streak)
@@ -168,16 +172,16 @@ class DeadFilterTracker:
         persistent = self.persistent()
         revived = change.revived if change is not None else {}
         rows = [
-            "| layer | dead | dead channels | persistently dead (since epoch) | revived now | never positive |",
-            "|---|---|---|---|---|---|",
+            "| layer | dead | dead channels | persistently dead (since epoch) | revived now | never positive | rule |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, report in result.items():
             dead = report.dead.nonzero().flatten().tolist()
-            never = report.never_positive.nonzero().flatten().tolist()
+            never = report.never_positive.nonzero().flatten().tolist() if report.never_positive_applies else []
             lasting = ", ".join(f"{c} ({self.since[name][c][1]})" for c in persistent.get(name, [])) or "-"
             rows.append(
                 f"| {name} | {len(dead)}/{report.dead.numel()} | {format_channels(dead)} | {lasting} | "
-                f"{format_channels(revived.get(name, []))} | {format_channels(never)} |"
+                f"{format_channels(revived.get(name, []))} | {format_channels(never)} | {report.rule} |"
             )
         return "\n".join(rows)
 

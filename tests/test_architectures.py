@@ -8,6 +8,7 @@ recompiled) is the same as with Inductor, but Inductor's C++ build takes ~15 s o
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import namedtuple
 
@@ -19,6 +20,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from fm_callback import FeatureMapCallback, FeatureMapProbe, render
+from fm_callback.select import is_attention_block
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MAGENTA = torch.tensor(render.NONFINITE_RGB, dtype=torch.uint8).view(3, 1, 1)
@@ -63,10 +65,11 @@ def test_torchvision_model_every_conv_layer_reported(arch):
     x = torch.randn(2, 3, 75 if arch == "inception_v3" else 64, 64 if arch != "inception_v3" else 75)
     probe = FeatureMapProbe(model)
     result = probe.run(x)
-    convs = [n for n, m in model.named_modules() if isinstance(m, CONV_TYPES)]
+    convs = [n for n, m in model.named_modules() if isinstance(m, CONV_TYPES) or is_attention_block(m)]
     assert convs, arch
-    assert [n.split("#")[0] for n in result.names] == convs  # every conv, each once, in forward order here
-    assert set(probe.image_names) <= set(result.names) and len(probe.image_names) == min(6, len(convs))
+    assert [n.split("#")[0] for n in result.names] == convs  # every conv (and block), each once, in forward order here
+    drawable = [n for n in result.names if len(result[n].shape) > 2 and math.prod(result[n].shape[2:]) > 1]
+    assert set(probe.image_names) <= set(drawable) and len(probe.image_names) == min(6, len(drawable))
     for name, report in result.items():
         _assert_report_is_sound(f"{arch}:{name}", report, name in probe.image_names)
     assert result.input_image is not None and result.input_image.dtype == torch.uint8

@@ -10,12 +10,13 @@ row says so instead of showing examples. Pure functions of CPU tensors, drawn wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .marks import COLOURS, DEAD
 from .render import BACKGROUND, HEADER_INK, as_rgb
 from .top_examples import LayerExamples, input_point
 
@@ -24,16 +25,6 @@ LABEL_WIDTH = 64
 CAPTION = 12  # height of the text line under each crop
 GAP = 4
 MARK_RGB = (255, 64, 64)
-MARK_COLOURS = {"dead": (255, 80, 80), "dying": (255, 170, 60)}
-
-
-def channel_marks(dead: list[bool], dying: list[bool]) -> list[str]:
-    """``"dead"``, ``"dying"`` or ``""`` per shown channel, as the grid marks them.
-
-    Kept apart on purpose: when the feature-map grid gets its own marking function (the pictures issue), this is
-    the one place to switch to it.
-    """
-    return ["dead" if d else "dying" if g else "" for d, g in zip(dead, dying, strict=True)]
 
 
 def crop(image: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarray:
@@ -54,11 +45,11 @@ def render_examples(
     layer: str,
     examples: LayerExamples,
     sample: Callable[[int], torch.Tensor],
-    marks: list[str],
+    marks: Sequence[str | None],
     mean: list[float] | None = None,
     std: list[float] | None = None,
 ) -> torch.Tensor | None:
-    """``uint8 [3, H, W]``: the top examples of each of ``examples.channels`` (``marks``: see :func:`channel_marks`);
+    """``uint8 [3, H, W]``: the top examples of each of ``examples.channels`` (``marks``: :func:`~.marks.column_marks`);
     ``sample(i)`` is pool sample ``i``'s model input ``(1, C, H, W)`` on the CPU. ``None`` when the pool is not
     an image batch."""
     shown = sorted({index for index in examples.indices.flatten().tolist() if index >= 0})
@@ -83,9 +74,9 @@ def render_examples(
         top = title + row * row_height
         draw.text((2, top + 4), f"ch {channel}", (HEADER_INK,) * 3, font)
         if mark:
-            draw.text((2, top + 18), mark, MARK_COLOURS[mark], font)
-        if mark == "dead":
-            draw.text((LABEL_WIDTH, top + TILE // 2 - 6), "dead: no examples", MARK_COLOURS["dead"], font)
+            draw.text((2, top + 18), mark, COLOURS[mark][0], font)
+        if mark == DEAD:
+            draw.text((LABEL_WIDTH, top + TILE // 2 - 6), "dead: no examples", COLOURS[DEAD][0], font)
             continue
         for col, (index, value, position) in enumerate(examples.top(row)):
             centre = input_point(position, examples.map_size, (height, width))

@@ -15,7 +15,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from .example_pictures import channel_marks, render_examples
+from .example_pictures import render_examples
+from .marks import column_marks
 from .probe import FeatureMapProbe, ProbeResult, first_tensor
 from .probe_batch import take_model_input
 from .top_examples import ExampleScanner, examples_record
@@ -68,10 +69,10 @@ class ExamplesPass:
         for name, examples in found.items():
             report = result.get(name)
             if report is None:
-                marks[name] = [""] * len(examples.channels)
+                marks[name] = [None] * len(examples.channels)
                 continue
             chosen = examples.channels
-            marks[name] = channel_marks(report.dead[chosen].tolist(), report.dying[chosen].tolist())
+            marks[name] = column_marks(report.dead, report.dying, chosen)
         pool = first_tensor(self.pool)
         pictures = {}
         for name, examples in found.items():

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from .example_pictures import channel_marks, render_examples
+from .example_pictures import render_examples
+from .marks import column_marks
 from .models import SnapshotError
 from .probe import FeatureMapProbe, ProbeResult
 from .tensorboard import FEATURE_EXAMPLES, layer_tag
@@ -53,7 +54,7 @@ def write_examples(
     marks = {}
     for name, examples in found.items():
         report = result[name]
-        marks[name] = channel_marks(report.dead[examples.channels].tolist(), report.dying[examples.channels].tolist())
+        marks[name] = column_marks(report.dead, report.dying, examples.channels)
     for name, examples in found.items():
         examples = examples.to("cpu")
         picture = render_examples(name, examples, lambda i: load(paths[i : i + 1]), marks[name], probe.mean, probe.std)

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fm_callback import FeatureMapCallback
 from fm_callback.cli import main
-from fm_callback.example_pictures import TILE, channel_marks, render_examples
+from fm_callback.example_pictures import TILE, render_examples
+from fm_callback.marks import column_marks
 from fm_callback.top_examples import ExampleScanner, LayerExamples, merge, receptive_radius
 
 X = torch.tensor(
@@ -168,8 +169,10 @@ def test_examples_picture_rows_marks_and_dead_rows():
         input_size=(32, 32),
         radius=5,
     )
-    marks = channel_marks([False, False, True], [False, True, True])
-    assert marks == ["", "dying", "dead"]
+    dead, dying = torch.zeros(8, dtype=torch.bool), torch.zeros(8, dtype=torch.bool)
+    dead[7], dying[2], dying[7] = True, True, True
+    marks = column_marks(dead, dying, examples.channels)
+    assert marks == (None, "dying", "dead")
     picture = render_examples("conv", examples, lambda i: pool[i : i + 1], marks)
     assert picture.dtype == torch.uint8 and picture.shape[0] == 3
     assert picture.shape[2] >= 2 * TILE

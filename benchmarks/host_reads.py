@@ -9,8 +9,9 @@ forward stops and starts again, and it can be counted on a CPU, where the same c
 - a ``TorchDispatchMode`` counts ``aten._local_scalar_dense`` (what ``item``/``bool``/``float``/``int`` run),
   ``aten.nonzero``/``masked_select`` (data-dependent shapes), and ``_to_copy``/``copy_`` that cross from another
   device to the CPU (on a CPU-only machine there are none);
-- a ``TorchFunctionMode`` counts ``.cpu()``, ``.numpy()`` and ``.tolist()``, which on a CPU tensor dispatch
-  nothing (every such call is counted, as on a GPU it would copy from the device).
+- a ``TorchFunctionMode`` counts ``.cpu()``, ``.numpy()``, ``.tolist()`` and ``copy_`` into a CPU tensor, which
+  on a CPU tensor dispatch nothing (every such call is counted, as on a GPU it would copy from the device);
+  boolean indexing counts as a ``nonzero`` (on the CPU it runs one inside ``aten.index`` unseen).
 
     python benchmarks/host_reads.py                 # resnet18 and resnet50, 8 x 128 px, the second event
 """
@@ -59,6 +60,8 @@ class _DispatchCounter(TorchDispatchMode):
             self.counts[SCALAR_READS[func]] += 1
         elif func in DATA_SHAPED:
             self.counts[DATA_SHAPED[func]] += 1
+        elif func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1]):
+            self.counts["nonzero"] += 1  # boolean indexing: its output shape is the mask's count
         elif func in COPIES and _crosses_to_host(func, args, kwargs):
             self.counts[".cpu()"] += 1
         return func(*args, **kwargs)
@@ -70,8 +73,8 @@ class _FunctionCounter(TorchFunctionMode):
         self.counts = counts
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in HOST_METHODS:
-            self.counts[HOST_METHODS[func]] += 1
+        if func in HOST_METHODS or (func is torch.Tensor.copy_ and args[0].device.type == "cpu"):
+            self.counts[HOST_METHODS.get(func, ".cpu()")] += 1  # copy_ into a CPU tensor: the hand-over's kind
         return func(*args, **(kwargs or {}))
 
 

@@ -11,7 +11,8 @@ during the probe's forward a ``TorchFunctionMode`` watches every torch function 
 - at a ReLU-like activation (``relu``, ``relu_``, ``relu6``, as a module or a function) the output's non-zero
   values are counted per channel, once, on the device, and credited to every layer on the label (when a
   channel has at least ``MIN_VALUES`` values: too few say nothing);
-- a BatchNorm that has not seen a training batch yet (running statistics still 0 and 1) drops the label;
+- a BatchNorm that has not seen a training batch yet (running statistics still 0 and 1) gates the label off:
+  what the activation does after it is not credited (the gate is a device tensor, so nothing waits for it);
 - anything else (a residual add, a concatenation, a reshape, an in-place op on the labelled tensor) drops
   the label: there the channel mixes with others, no single filter is to blame, and nothing is credited.
 
@@ -87,19 +88,31 @@ def _mutates_first_argument(name: str, kwargs: dict[str, Any]) -> bool:
     return in_place or name.startswith("__i") or name == "__setitem__" or "out" in kwargs
 
 
-def _uncalibrated(args: tuple, kwargs: dict[str, Any]) -> bool:
-    """An eval-mode ``batch_norm`` whose running statistics are still their initial 0 and 1.
+def _calibrated(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """For an eval-mode ``batch_norm``, a 0-dim bool on its device: False while its running statistics are still
+    their initial 0 and 1; ``None`` (no doubt) for one in training mode or without running statistics.
 
     Before its first training batch such a BatchNorm normalises nothing, so at a fresh model's baseline event
     deep channels sit far off zero and a ReLU after it silences many of them; that says nothing about the
-    filters, and one training batch later it is gone. Those channels are not judged.
+    filters, and one training batch later it is gone. Those channels are not judged. The answer stays on the
+    device (asking ``bool()`` here would make a GPU wait at every BatchNorm of the forward).
     """
     bound = dict(zip(("input", "running_mean", "running_var"), args, strict=False)) | kwargs
     mean, var = bound.get("running_mean"), bound.get("running_var")
     training = args[5] if len(args) > 5 else kwargs.get("training", False)
     if training or not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
-        return False
-    return not bool(mean.any()) and bool((var == 1).all())
+        return None
+    return mean.any() | (var != 1).any()
+
+
+def _both(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Gates combined along a path: open only where both are (``None`` is open)."""
+    return b if a is None else a if b is None else a & b
+
+
+def _either(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Gates combined over paths: measured once any path was open (``None`` is open)."""
+    return None if a is None or b is None else a | b
 
 
 class ActivationLineage(TorchFunctionMode):
@@ -107,28 +120,33 @@ class ActivationLineage(TorchFunctionMode):
 
     ``silenced[key]``: bool ``[C]``, zero at every position of every sample after every activation the layer
     reached; ``firing[key]``: float32 ``[C]``, share of positions where the activation's output is non-zero
-    (the larger one where a channel reaches several activations). Both stay on the activation's device.
+    (the larger one where a channel reaches several activations; -1 where none was measured). Both stay on the
+    activation's device. ``measured[key]``: ``None``, or a 0-dim bool, False when every activation the layer
+    reached came after an uncalibrated BatchNorm (then ``silenced`` and ``firing`` say nothing).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._labels: dict[int, tuple[weakref.ref, tuple[str, ...]]] = {}
+        # per labelled tensor: the layer keys on it, each with its gate (None, or a 0-dim bool: False after an
+        # uncalibrated BatchNorm on the way)
+        self._labels: dict[int, tuple[weakref.ref, tuple[tuple[str, Any], ...]]] = {}
         self._widths: dict[str, int] = {}
         self.silenced: dict[str, torch.Tensor] = {}
         self.firing: dict[str, torch.Tensor] = {}
+        self.measured: dict[str, torch.Tensor | None] = {}
 
     def label(self, tensor: torch.Tensor, key: str) -> None:
         """Mark ``tensor`` (a watched layer's output, channels in dim 1) as coming from layer ``key``."""
         if tensor.dim() < 2:
             return
         self._widths[key] = tensor.shape[1]
-        self._set(tensor, (*self._keys(tensor), key))
+        self._set(tensor, (*self._keys(tensor), (key, None)))
 
-    def _keys(self, tensor: Any) -> tuple[str, ...]:
+    def _keys(self, tensor: Any) -> tuple[tuple[str, Any], ...]:
         entry = self._labels.get(id(tensor)) if isinstance(tensor, torch.Tensor) else None
         return entry[1] if entry is not None and entry[0]() is tensor else ()
 
-    def _set(self, tensor: Any, keys: tuple[str, ...]) -> None:
+    def _set(self, tensor: Any, keys: tuple[tuple[str, Any], ...]) -> None:
         if isinstance(tensor, torch.Tensor):
             if keys:
                 self._labels[id(tensor)] = (weakref.ref(tensor), keys)
@@ -147,8 +165,9 @@ class ActivationLineage(TorchFunctionMode):
         if name in SILENCING:
             self._count(keys, result)
             self._set(result, keys)
-        elif name == "batch_norm" and _uncalibrated(args, kwargs):
-            self._set(result, ())  # a fresh model's step-0 BatchNorm: a silence here is not the filter's doing
+        elif name == "batch_norm":  # a fresh model's step-0 BatchNorm: a silence after it is not the filter's doing
+            calibrated = _calibrated(args, kwargs)
+            self._set(result, tuple((key, _both(gate, calibrated)) for key, gate in keys))
         elif name in CHANNEL_KEEPING:
             self._set(result, keys)
         elif _mutates_first_argument(name, kwargs):
@@ -156,7 +175,7 @@ class ActivationLineage(TorchFunctionMode):
             self._set(kwargs.get("out"), ())
         return out
 
-    def _count(self, keys: tuple[str, ...], output: Any) -> None:
+    def _count(self, keys: tuple[tuple[str, Any], ...], output: Any) -> None:
         """Per channel: does the activation's output hold any non-zero value, and at what share of positions."""
         if not isinstance(output, torch.Tensor) or output.dim() < 2 or output.numel() == 0:
             return
@@ -165,14 +184,18 @@ class ActivationLineage(TorchFunctionMode):
             return  # a 1x1 map of a few samples: silence there is a selective channel as often as a dead one
         dims = [0, *range(2, output.dim())]
         firing = torch.count_nonzero(output, dim=dims).float().div_(output.numel() // channels)
-        for key in keys:
+        for key, gate in keys:
             if self._widths.get(key) != channels:
                 continue
+            shown, silent = firing, firing == 0
+            if gate is not None:  # after an uncalibrated BatchNorm: neutral for the max and the AND below
+                shown, silent = torch.where(gate, firing, -1.0), silent | ~gate
             if key in self.firing:
-                self.firing[key] = torch.maximum(self.firing[key], firing)
-                self.silenced[key] &= firing == 0
+                self.firing[key] = torch.maximum(self.firing[key], shown)
+                self.silenced[key] = self.silenced[key] & silent
+                self.measured[key] = _either(self.measured[key], gate)
             else:
-                self.firing[key], self.silenced[key] = firing, firing == 0
+                self.firing[key], self.silenced[key], self.measured[key] = shown, silent, gate
 
 
 @contextlib.contextmanager

@@ -20,11 +20,11 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
-from . import render, similarity
+from . import handover, render, similarity
 from .activations import ActivationLineage, outside_lineage
 from .results import LayerReport, ProbeResult
 from .select import LayerSpec, select_layers, unwrap_compiled
-from .stats import DEFAULT_ATOL, DEFAULT_RTOL, ChannelStats, channel_stats
+from .stats import DEFAULT_ATOL, DEFAULT_RTOL, channel_stats
 
 DEFAULT_IMAGE_LAYERS = 6
 
@@ -164,6 +164,7 @@ class FeatureMapProbe:
         self.forward_fn = forward_fn
         self.similarity = similarity
         self.pinned_channels: dict[str, list[int]] = {}
+        self._device_constants: dict[tuple, torch.Tensor] = {}  # see _on_device
         self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
 
     def _image_names(self, image_layers: LayerSpec | Sequence[LayerSpec] | None) -> list[str]:
@@ -187,14 +188,25 @@ class FeatureMapProbe:
     def run(self, x: Any) -> ProbeResult:
         """One forward of ``model(x)`` in eval mode under ``no_grad`` with hooks attached for its duration.
 
-        Every module's train/eval mode and the RNG state are restored afterwards, whatever happens.
+        Every module's train/eval mode and the RNG state are restored afterwards, whatever happens. Everything
+        the hooks compute stays on the device until one hand-over after the forward (``handover.py``), so a
+        GPU forward is not stopped layer after layer. When that shows a non-finite statistic or Gram matrix
+        (NaN/Inf values, or a float32 overflow: rare), the forward runs once more with the exact, slower
+        statistics, which do read values on the host.
         """
         check_input(x, self.mean, self.std)
+        event = handover.hand_over(*self._forward(x, careful=False))
+        if event.careful:
+            event = handover.hand_over(*self._forward(x, careful=True))
+        return self._collect(event, x)
+
+    def _forward(self, x: Any, careful: bool) -> tuple[dict[str, dict[str, Any]], ActivationLineage, Any]:
+        """The hooked forward: per layer key, its shape and device results; the lineage; the input images."""
         model = self.model
         device = model_device(model)
         modes = [(module, module.training) for module in model.modules()]
         calls: Counter[str] = Counter()
-        raw: dict[str, tuple[tuple[int, ...], ChannelStats, Any, Any]] = {}
+        raw: dict[str, dict[str, Any]] = {}
         handles = []
         warned = self._warned
         lineage = ActivationLineage()  # which of these channels a following ReLU silences
@@ -214,7 +226,7 @@ class FeatureMapProbe:
                         )
                     return
                 with outside_lineage():  # the probe's own reductions are not part of the model's forward
-                    raw[key] = (tuple(tensor.shape), *self._reduce(key, tensor.detach(), picture))
+                    raw[key] = {"shape": tuple(tensor.shape), **self._reduce(key, tensor.detach(), picture, careful)}
                     lineage.label(tensor, key)
 
             return hook
@@ -225,23 +237,26 @@ class FeatureMapProbe:
             for name, module in self.layers:
                 handles.append(module.register_forward_hook(make_hook(name, name in self.image_names)))
             following = lineage if self.follow_activations else contextlib.nullcontext()
+            moved = to_device(x, device)
             with keep_rng(cuda_devices), run_eagerly(), torch.no_grad(), following:
-                self.forward_fn(model, to_device(x, device)) if self.forward_fn else model(to_device(x, device))
+                self.forward_fn(model, moved) if self.forward_fn else model(moved)
         finally:
             for handle in handles:
                 handle.remove()
             for module, mode in modes:
                 module.training = mode
-        return self._collect(raw, x, lineage)
+        first = first_tensor(moved)
+        images = None if first is None else render.input_images(first.detach(), self.max_samples, self.mean, self.std)
+        return raw, lineage, images
 
-    def _reduce(self, name: str, output: torch.Tensor, picture: bool) -> tuple[ChannelStats, Any, Any]:
+    def _reduce(self, name: str, output: torch.Tensor, picture: bool, careful: bool) -> dict[str, Any]:
         """Statistics, (for picture layers) grid, channels and energy map, and (with ``similarity``) the Gram
-        matrix and value histogram, all still on the device."""
-        stats = channel_stats(output, self.atol, self.rtol)
-        representation = None
+        matrix and value histogram, all still on the device; nothing is read on the host unless ``careful``."""
+        stats = channel_stats(output, self.atol, self.rtol, careful)
+        reduced: dict[str, Any] = {"stats": stats}
         if self.similarity and output.numel():
-            histogram = similarity.value_histogram(output, stats.min.amin(), stats.max.amax())
-            representation = (similarity.gram(output), histogram)
+            reduced["gram"] = similarity.gram(output, check_overflow=careful)
+            reduced["histogram"] = similarity.value_histogram(output, stats.min.amin(), stats.max.amax())
         module = name.split("#")[0]  # once per module, not per call of a reused one
         if picture and output.dim() < 3 and module not in self._warned:
             self._warned.add(module)
@@ -251,35 +266,44 @@ class FeatureMapProbe:
                 stacklevel=3,
             )
         if not picture or output.dim() < 3:
-            return stats, None, representation
+            return reduced
         pinned = self.pinned_channels.get(name)
         if pinned is not None and max(pinned) < output.shape[1]:
-            channels = torch.tensor(pinned)
+            channels = self._on_device(("pinned", name, tuple(pinned)), lambda: torch.tensor(pinned), output.device)
         else:
             channels = render.choose_channels(stats.std, self.max_channels, self.channel_order)
-        grid = render.render_feature_grid(output, channels, self.max_samples, self.lut)
-        energy = render.activation_energy(output, self.max_samples) if self.overlay else None
-        return stats, (grid, channels.tolist(), energy), representation
+        lut = self._on_device(("lut",), lambda: self.lut, output.device)
+        reduced["grid"] = render.render_feature_grid(output, channels, self.max_samples, lut)
+        reduced["channels"] = channels
+        if self.overlay:
+            reduced["energy"] = render.activation_energy(output, self.max_samples)
+        return reduced
 
-    def _collect(self, raw: dict[str, tuple], x: Any, lineage: ActivationLineage) -> ProbeResult:
-        """Move the small per-layer results to the CPU and finish the pictures there."""
-        images = None
+    def _on_device(self, key: tuple, make: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """A small CPU constant (pinned channel numbers, the colour table) copied to ``device`` once per run, not
+        per event: a copy to a GPU waits for its queue too."""
+        cached = self._device_constants.get((*key, device))
+        if cached is None:
+            cached = self._device_constants[(*key, device)] = make().to(device)
+        return cached
+
+    def _collect(self, event: handover.Event, x: Any) -> ProbeResult:
+        """Reports from the host copies, and the pictures finished on the CPU (header, overlay)."""
+        images = event.images
         first = first_tensor(x)
-        if first is not None:
-            images = render.input_images(first.detach().cpu(), self.max_samples, self.mean, self.std)
         reports = {}
-        for key, (shape, stats, picture, representation) in raw.items():
-            report = LayerReport(name=key, shape=shape, stats=stats.to("cpu"))
-            if representation is not None:
-                report.gram, report.histogram = (t.cpu() for t in representation)
-            if key in lineage.silenced:
-                report.silenced, report.firing = lineage.silenced[key].cpu(), lineage.firing[key].cpu()
-            if picture is not None and picture[0] is not None:
-                grid, channels, energy = picture
-                report.grid = render.with_header(grid.cpu(), channels)
-                report.channels = channels
+        for key, layer in event.layers.items():
+            shape = layer["shape"]
+            report = LayerReport(name=key, shape=shape, stats=layer["stats"])
+            report.gram, report.histogram = layer.get("gram"), layer.get("histogram")
+            report.silenced, report.firing = layer.get("silenced"), layer.get("firing")
+            grid = layer.get("grid")
+            if grid is not None:
+                report.grid = render.with_header(grid, layer["channels"])
+                report.channels = layer["channels"]
+                energy = layer.get("energy")
                 if energy is not None and images is not None and shape[0] == first.shape[0]:  # same samples
-                    report.overlay = render.overlay(images, energy.cpu(), self.overlay_lut)
+                    report.overlay = render.overlay(images, energy, self.overlay_lut)
             reports[key] = report
         input_image = render.image_row(images) if images is not None else None
         return ProbeResult(reports, input_image)

@@ -34,14 +34,16 @@ def flat_samples(x: torch.Tensor) -> torch.Tensor:
     return moved.reshape(n, -1) if moved.is_contiguous() else x.reshape(n, -1)
 
 
-def gram(x: torch.Tensor) -> torch.Tensor:
+def gram(x: torch.Tensor, check_overflow: bool = True) -> torch.Tensor:
     """The N x N Gram matrix ``X Xᵀ`` of ``x`` (``(N, ...)``, flattened per sample), as float64 on ``x``'s device.
 
     One float32 matrix product for a float32 activation (about as fast as reading it once: D is large, N small);
     a half-precision activation is converted in blocks of features, summed in float64, so it is never copied
     whole. Features are not centred: the debiased HSIC does not depend on a common offset, and centring a
     strided block costs more than the product. A product that overflows float32 (values near 1e16 and above) is
-    redone in float64 blocks scaled by the largest magnitude, which CKA does not see.
+    redone in float64 blocks scaled by the largest magnitude, which CKA does not see. That check reads a value on
+    the host (a GPU waits for everything queued): the probe skips it (``check_overflow=False``) and, when a Gram
+    matrix it handed over is not finite, runs its careful second forward with it.
     """
     flat = flat_samples(x)
     n, d = flat.shape
@@ -51,7 +53,7 @@ def gram(x: torch.Tensor) -> torch.Tensor:
         result = (flat @ flat.T).double()
     else:
         result = _blocked_gram(flat, torch.float32)
-    if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(flat).all()):
+    if check_overflow and not bool(torch.isfinite(result).all()) and bool(torch.isfinite(flat).all()):
         result = _blocked_gram(flat, torch.float64, scaled=True)
     return result
 

@@ -181,7 +181,10 @@ class Variants:
         self.cuda = x.device.type == "cuda"
         if then is not None:  # the package at --against REV
             self.then_tb = importlib.import_module(f"{then.__name__}.tensorboard")
-            self.then_background = getattr(then, "background", self.then_tb)  # older trees: in tensorboard.py
+            try:  # a submodule is an attribute of its package only once imported
+                self.then_background = importlib.import_module(f"{then.__name__}.background")
+            except ModuleNotFoundError:  # older trees: in tensorboard.py
+                self.then_background = self.then_tb
             self.then_probe = then.FeatureMapProbe(model, mean=IMAGENET_MEAN, std=IMAGENET_STD)
             self.then_writer = self.then_background.BackgroundWriter(SummaryWriter(str(workdir / "tb_then")))
 

@@ -2,7 +2,9 @@
 
 Inside each hook the layer output is reduced at once on its own device (statistics, and for picture
 layers the rendered grid), so no activation outlives its hook and an in-place op later in the forward
-(``ReLU(inplace=True)``) cannot change what was read. No Lightning import here: the probe works in a
+(``ReLU(inplace=True)``) cannot change what was read. The reduced results stay on the device until one hand-over
+after the forward (``handover.py``): a read of device memory from the host inside a hook would make a GPU stop
+and wait for the forward at every layer. No Lightning import here: the probe works in a
 plain PyTorch loop too.
 """
 

@@ -12,7 +12,7 @@ import torch
 from host_reads import count_host_reads, event_reads
 from torch import nn
 
-from fm_callback import FeatureMapProbe
+from fm_callback import FeatureMapProbe, similarity
 from fm_callback.handover import to_host
 
 MAX_READS = 10  # per event, whatever the model
@@ -106,3 +106,22 @@ def test_to_host_keeps_every_dtype_shape_and_value_in_one_copy():
         assert got.device.type == "cpu" and got.dtype == tensor.dtype and got.shape == tensor.shape, key
         assert torch.equal(got, tensor), key
     assert to_host({}) == {}
+
+
+def test_an_event_whose_values_overflow_float32_is_redone_carefully():
+    """Values near 1e19: their float32 squares overflow, so the device-side statistics and Gram matrix come out
+    infinite; the hand-over sees it and the event is redone with the exact path (float64, scaled)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    conv = model[0]
+    with torch.no_grad():
+        conv.weight.mul_(1e19)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        output = conv(x)
+    assert not torch.isfinite(similarity.gram(output, check_overflow=False)).all()  # the planted overflow
+    report = FeatureMapProbe(model).run(x)["0"]
+    want = output.double().transpose(0, 1).reshape(4, -1)
+    torch.testing.assert_close(report.channel_std.double(), want.std(dim=1, correction=0), rtol=1e-4, atol=0)
+    torch.testing.assert_close(report.gram, similarity.gram(output), rtol=0, atol=0)
+    assert torch.isfinite(report.gram).all() and report.nonfinite.sum() == 0

@@ -51,16 +51,17 @@ def dead_rule(
 
 
 def channel_stats(
-    x: torch.Tensor, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, careful: bool = False
+    x: torch.Tensor, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, careful: bool = True
 ) -> ChannelStats:
     """Statistics per channel (dim 1) of ``x`` over the batch and every spatial position, in float32.
 
     One pass per statistic: min, max, sum, zero count, and the Euclidean norm around each channel's mean (so a
-    channel whose mean is large against its spread loses no precision to ``E[x^2] - mean^2``). Nothing here reads
-    a value on the host: a GPU forward runs on while these are queued.
+    channel whose mean is large against its spread loses no precision to ``E[x^2] - mean^2``).
 
-    NaN/Inf values, rare, make the statistics of their channels non-finite; ``careful=True`` (the probe's second
-    forward, after it saw such a value) counts them and takes the finite part's statistics instead.
+    NaN/Inf values (and finite ones whose squares overflow float32), rare, are counted and skipped by a second,
+    slower pass, which asks the host whether there are any. ``careful=False`` skips that question, so nothing here
+    reads a value on the host and a GPU forward runs on while these are queued; such channels then come out
+    non-finite, and the probe, seeing that after its forward, redoes the event with ``careful=True``.
     """
     if x.dim() < 2:
         raise ValueError(f"expected an output of shape (N, C, ...), got {tuple(x.shape)}")

@@ -88,20 +88,40 @@ def _mutates_first_argument(name: str, kwargs: dict[str, Any]) -> bool:
     return in_place or name.startswith("__i") or name == "__setitem__" or "out" in kwargs
 
 
-def _calibrated(args: tuple, kwargs: dict[str, Any]) -> torch.Tensor | None:
-    """For an eval-mode ``batch_norm``, a 0-dim bool on its device: False while its running statistics are still
-    their initial 0 and 1; ``None`` (no doubt) for one in training mode or without running statistics.
+def batchnorm_calibration(model: torch.nn.Module) -> dict[int, bool]:
+    """Whether each BatchNorm of ``model`` has left its initial running statistics (0 and 1), keyed by the id of
+    its ``running_mean``: asked for all of them at once, one read on the host before the forward, instead of one
+    at each BatchNorm inside it (a GPU would stop there and wait)."""
+    pairs = [
+        (module.running_mean, module.running_var)
+        for module in model.modules()
+        if isinstance(getattr(module, "running_mean", None), torch.Tensor)
+        and isinstance(getattr(module, "running_var", None), torch.Tensor)
+    ]
+    if not pairs:
+        return {}
+    device = pairs[0][0].device
+    flags = torch.stack([(mean.any() | (var != 1).any()).to(device) for mean, var in pairs]).tolist()
+    return {id(mean): flag for (mean, _), flag in zip(pairs, flags, strict=True)}
+
+
+def _calibrated(args: tuple, kwargs: dict[str, Any], known: dict[int, bool]) -> bool | torch.Tensor | None:
+    """For an eval-mode ``batch_norm``, False while its running statistics are still their initial 0 and 1;
+    ``None`` (no doubt) once they moved, in training mode, or without running statistics.
 
     Before its first training batch such a BatchNorm normalises nothing, so at a fresh model's baseline event
     deep channels sit far off zero and a ReLU after it silences many of them; that says nothing about the
-    filters, and one training batch later it is gone. Those channels are not judged. The answer stays on the
-    device (asking ``bool()`` here would make a GPU wait at every BatchNorm of the forward).
+    filters, and one training batch later it is gone. Those channels are not judged. The answer comes from
+    ``known`` (:func:`batchnorm_calibration`); for running statistics that no module holds (a functional
+    ``batch_norm``) it stays on the device, a 0-dim bool gate, since ``bool()`` here would make a GPU wait.
     """
     bound = dict(zip(("input", "running_mean", "running_var"), args, strict=False)) | kwargs
     mean, var = bound.get("running_mean"), bound.get("running_var")
     training = args[5] if len(args) > 5 else kwargs.get("training", False)
     if training or not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
         return None
+    if id(mean) in known:
+        return None if known[id(mean)] else False
     return mean.any() | (var != 1).any()
 
 
@@ -125,8 +145,9 @@ class ActivationLineage(TorchFunctionMode):
     reached came after an uncalibrated BatchNorm (then ``silenced`` and ``firing`` say nothing).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, calibration: dict[int, bool] | None = None) -> None:
         super().__init__()
+        self.calibration = calibration or {}  # see batchnorm_calibration
         # per labelled tensor: the layer keys on it, each with its gate (None, or a 0-dim bool: False after an
         # uncalibrated BatchNorm on the way)
         self._labels: dict[int, tuple[weakref.ref, tuple[tuple[str, Any], ...]]] = {}
@@ -166,8 +187,11 @@ class ActivationLineage(TorchFunctionMode):
             self._count(keys, result)
             self._set(result, keys)
         elif name == "batch_norm":  # a fresh model's step-0 BatchNorm: a silence after it is not the filter's doing
-            calibrated = _calibrated(args, kwargs)
-            self._set(result, tuple((key, _both(gate, calibrated)) for key, gate in keys))
+            calibrated = _calibrated(args, kwargs, self.calibration)
+            if calibrated is False:
+                self._set(result, ())
+            else:
+                self._set(result, tuple((key, _both(gate, calibrated)) for key, gate in keys))
         elif name in CHANNEL_KEEPING:
             self._set(result, keys)
         elif _mutates_first_argument(name, kwargs):

@@ -23,7 +23,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
 from . import handover, render, similarity
-from .activations import ActivationLineage, outside_lineage
+from .activations import ActivationLineage, batchnorm_calibration, outside_lineage
 from .results import LayerReport, ProbeResult
 from .select import LayerSpec, select_layers, unwrap_compiled
 from .stats import DEFAULT_ATOL, DEFAULT_RTOL, channel_stats
@@ -211,7 +211,8 @@ class FeatureMapProbe:
         raw: dict[str, dict[str, Any]] = {}
         handles = []
         warned = self._warned
-        lineage = ActivationLineage()  # which of these channels a following ReLU silences
+        # which of these channels a following ReLU silences (not judged after a BatchNorm still at 0 and 1)
+        lineage = ActivationLineage(batchnorm_calibration(model) if self.follow_activations else None)
 
         def make_hook(name: str, picture: bool):
             def hook(module: nn.Module, inputs: Any, output: Any) -> None:

@@ -125,3 +125,34 @@ def test_an_event_whose_values_overflow_float32_is_redone_carefully():
     torch.testing.assert_close(report.channel_std.double(), want.std(dim=1, correction=0), rtol=1e-4, atol=0)
     torch.testing.assert_close(report.gram, similarity.gram(output), rtol=0, atol=0)
     assert torch.isfinite(report.gram).all() and report.nonfinite.sum() == 0
+
+
+class FunctionalNorm(nn.Module):
+    """conv -> F.batch_norm with statistics under names no BatchNorm module holds -> ReLU; channel 0 never fires."""
+
+    def __init__(self, calibrated: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.register_buffer("mean", torch.full((4,), 0.01) if calibrated else torch.zeros(4))
+        self.register_buffer("var", torch.ones(4))
+        with torch.no_grad():
+            self.conv.bias[0] = -1e3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(nn.functional.batch_norm(self.conv(x), self.mean, self.var))
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_a_functional_batchnorm_gates_the_verdict_on_the_device(calibrated):
+    """Statistics the probe cannot ask about before the forward: the gate stays a device tensor, read with the
+    rest at the hand-over; an uncalibrated one leaves the ReLU's verdict out, a calibrated one lets it in."""
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    probe = FeatureMapProbe(FunctionalNorm(calibrated))
+    probe.run(x)
+    report, reads = count_host_reads(lambda: probe.run(x)["conv"])
+    assert sum(reads.values()) <= 2  # no BatchNorm module to ask beforehand: the copy and the one list
+    if calibrated:
+        assert report.silenced.tolist() == [True, False, False, False] and report.firing[0] == 0
+    else:
+        assert report.silenced is None and report.firing is None

@@ -72,8 +72,8 @@ def channel_stats(
     cmin, cmax = x.amin(dim=dims), x.amax(dim=dims)
     total = x.sum(dim=dims).double()
     mean = total / count
-    squares, offset = _centred_sums(x, mean.float(), dims)
-    var = squares / count - (offset / count).square()
+    centre = mean.float()
+    var = _centred_squares(x, centre, dims) / count - (mean - centre.double()).square()  # around the centre used
     zeros = (x == 0).sum(dim=dims, dtype=torch.int32)  # int32: several times faster than count_nonzero's int64
     nonfinite = torch.zeros(x.shape[1], dtype=torch.int64, device=x.device)
     if careful and not bool((torch.isfinite(cmin) & torch.isfinite(cmax) & torch.isfinite(var)).all()):
@@ -101,17 +101,14 @@ def channel_stats(
     )
 
 
-def _centred_sums(x: torch.Tensor, mean: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per channel, the sum of squares and the sum of ``x - mean`` (float64 ``[C]``): the variance without
-    cancellation, whatever the mean. Blocks of channels bound the temporary to ``_BLOCK_VALUES`` values."""
+def _centred_squares(x: torch.Tensor, centre: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """Per channel, the sum of squares of ``x - centre`` (float64 ``[C]``): the variance without cancellation,
+    whatever the mean. Blocks of channels bound the temporary to ``_BLOCK_VALUES`` values."""
     per_channel = x.numel() // x.shape[1]
     width = max(1, _BLOCK_VALUES // max(1, per_channel))
     shape = [1, -1, *[1] * (x.dim() - 2)]
-    squares, offsets = [], []
-    for block, centre in zip(x.split(width, dim=1), mean.split(width), strict=True):
-        centred = block - centre.view(shape)
-        squares.append(torch.linalg.vector_norm(centred, dim=dims).double().square())
-        offsets.append(centred.sum(dim=dims).double())
-    if len(squares) == 1:
-        return squares[0], offsets[0]
-    return torch.cat(squares), torch.cat(offsets)
+    squares = [
+        torch.linalg.vector_norm(block - part.view(shape), dim=dims).double().square()
+        for block, part in zip(x.split(width, dim=1), centre.split(width), strict=True)
+    ]
+    return squares[0] if len(squares) == 1 else torch.cat(squares)

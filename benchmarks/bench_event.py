@@ -181,7 +181,7 @@ class Variants:
         self.cuda = x.device.type == "cuda"
         if then is not None:  # the package at --against REV
             self.then_tb = importlib.import_module(f"{then.__name__}.tensorboard")
-            try:
+            try:  # a submodule is an attribute of its package only once imported
                 self.then_background = importlib.import_module(f"{then.__name__}.background")
             except ModuleNotFoundError:  # older trees: in tensorboard.py
                 self.then_background = self.then_tb
@@ -284,13 +284,15 @@ def package_at(revision: str, into: Path) -> Any:
     return package
 
 
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def measure_times(v: Variants, repeats: int, tutorial: bool = True) -> tuple[dict[str, list[float]], int, int | None]:
+def measure_times(
+    v: Variants, repeats: int, tutorial: bool = True, clock: Callable[[], float] = time.perf_counter
+) -> tuple[dict[str, list[float]], int, int | None]:
     """Seconds per run of each variant, interleaved (the order rotates each repeat); and event-file bytes per
     event of this tree's writer and of the ``--against`` revision's (None without one)."""
     names = [*VARIANTS, *(THEN_VARIANTS if hasattr(v, "then_probe") else ())]
@@ -303,7 +305,7 @@ def measure_times(v: Variants, repeats: int, tutorial: bool = True) -> tuple[dic
     for r in range(repeats):
         order = list(fns)[r % len(fns) :] + list(fns)[: r % len(fns)]
         for name in order:
-            times[name].append(timed(fns[name]))
+            times[name].append(timed(fns[name], clock))
     per_event = (v.event_file_bytes() - size_before) // repeats
     then_per_event = (v.event_file_bytes(then_dir) - then_before) // repeats if "event_tb_then" in fns else None
     return times, per_event, then_per_event
@@ -407,7 +409,8 @@ def bench_model(args: argparse.Namespace, name: str, device: torch.device) -> di
         then = package_at(args.against, Path(tmp) / "then") if args.against else None
         v = Variants(model, x, Path(tmp), then)
         hooks_before = count_hooks(model)
-        times, bytes_per_event, then_bytes_per_event = measure_times(v, args.repeats, tutorial=not args.no_tutorial)
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        times, bytes_per_event, then_bytes_per_event = measure_times(v, args.repeats, not args.no_tutorial, clock)
         hooks_left = count_hooks(model) - hooks_before
         extra = cuda_extra_memory(v) if device.type == "cuda" else None
         layers = len(v.layers)
@@ -530,6 +533,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224, help="input height and width in pixels")
     p.add_argument("--repeats", type=int, default=7, help="timed runs of each variant (after one warm-up)")
     p.add_argument("--threads", type=int, default=cores, help=f"torch.set_num_threads (default: {cores}, the cores)")
+    p.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="what a run costs: wall time, or this process's CPU time (steadier on a machine others load; "
+        "with --threads 1 it is the work done)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--jobs", type=int, default=1, help="memory subprocesses run at once (1: no interference)")
     p.add_argument("--memory-runs", type=int, default=3, help="fresh processes per variant for peak RSS (median)")

@@ -16,7 +16,8 @@ from . import tensorboard as tb
 from .examples_pass import ExamplesPass
 from .fit_notes import say_at_fit_start, warn_on_rank
 from .layout import check_layouts
-from .probe import FeatureMapProbe, ProbeResult, check_input
+from .passes import check_input
+from .probe import FeatureMapProbe, ProbeResult
 from .probe_batch import ProbeSource, dry_run, found_normalisation, take_model_input
 from .render import colormap_lut
 from .schedule import check_positive, check_schedule, logger_step

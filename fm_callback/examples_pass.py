@@ -17,7 +17,8 @@ from lightning_utilities.core.apply_func import apply_to_collection
 
 from .example_pictures import render_examples
 from .marks import column_marks
-from .probe import FeatureMapProbe, ProbeResult, first_tensor
+from .passes import first_tensor
+from .probe import FeatureMapProbe, ProbeResult
 from .probe_batch import take_model_input
 from .top_examples import ExampleScanner, examples_record
 

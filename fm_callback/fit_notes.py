@@ -16,7 +16,7 @@ from lightning.fabric.utilities.rank_zero import rank_prefixed_message
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .input_check import input_mismatch
-from .probe import first_tensor
+from .passes import first_tensor
 from .probe_batch import ProbeSource, default_input, first_loader, first_samples
 from .similarity import MIN_SAMPLES
 

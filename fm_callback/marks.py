@@ -23,8 +23,19 @@ FRAME_ON_SCREEN = 2.5  # frame thickness in CSS px once TensorBoard's card has s
 
 def column_marks(dead: torch.Tensor, dying: torch.Tensor, channels: list[int]) -> tuple[str | None, ...]:
     """Per shown column: :data:`DEAD`, :data:`DYING` or ``None``, from a layer's CPU ``dead``/``dying`` masks."""
-    dead_list, dying_list = dead.tolist(), dying.tolist()
-    return tuple(DEAD if dead_list[c] else DYING if dying_list[c] else None for c in channels)
+    return marks_of(mark_codes(dead, dying, torch.tensor(channels, dtype=torch.long)).tolist())
+
+
+def mark_codes(dead: torch.Tensor, dying: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """Per shown column 2 (dead), 1 (dying) or 0, on the masks' device: the probe computes them before its
+    hand-over, so the marks travel with its other numbers instead of being read layer by layer."""
+    codes = torch.where(dead, 2, torch.where(dying, 1, 0))
+    return codes.index_select(0, channels.to(codes.device))
+
+
+def marks_of(codes: list[int]) -> tuple[str | None, ...]:
+    """The marks of :func:`mark_codes`' numbers."""
+    return tuple((None, DYING, DEAD)[code] for code in codes)
 
 
 def frame_width(image_width: int, tile: int, card_width: int) -> int:
@@ -41,7 +52,8 @@ def paint_header_cell(header: torch.Tensor, mark: str, background: int, ink: int
     share = share.clamp(0, 1).unsqueeze(0)
     fill_t = torch.tensor(fill, dtype=torch.float32).view(3, 1, 1)
     text_t = torch.tensor(text, dtype=torch.float32).view(3, 1, 1)
-    header.copy_((fill_t + share * (text_t - fill_t)).round().to(torch.uint8))
+    # assigned, not copy_: the counter of host reads takes a copy_ into a CPU tensor for a hand-over from a device
+    header[:] = (fill_t + share * (text_t - fill_t)).round().to(torch.uint8)
 
 
 def frame_tiles(body: torch.Tensor, mark: str, tile_height: int, pad: int, width: int) -> None:

@@ -2,129 +2,34 @@
 
 Inside each hook the layer output is reduced at once on its own device (statistics, and for picture
 layers the rendered grid), so no activation outlives its hook and an in-place op later in the forward
-(``ReLU(inplace=True)``) cannot change what was read. No Lightning import here: the probe works in a
+(``ReLU(inplace=True)``) cannot change what was read. The reduced results stay on the device until one hand-over
+after the forward (``handover.py``): a read of device memory from the host inside a hook would make a GPU stop
+and wait for the forward at every layer. No Lightning import here: the probe works in a
 plain PyTorch loop too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import random
-import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from math import prod
 from typing import Any
 
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
-from . import render, similarity
-from .activations import GATE, RELU, SILENCING_MODULES, ActivationLineage, outside_lineage
+from . import handover, render, similarity
+from .activations import GATE, RELU, SILENCING_MODULES, ActivationLineage, batchnorm_calibration, outside_lineage
 from .layout import check_layouts, given_layout, recognise
-from .marks import column_marks
+from .marks import mark_codes, marks_of
+from .passes import check_input, first_tensor, forward, model_device, probing, to_device
 from .results import LayerReport, ProbeResult
 from .select import LayerSpec, select_layers, unwrap_compiled
-from .stats import DEFAULT_ATOL, DEFAULT_RTOL, ChannelStats, channel_stats
+from .stats import DEFAULT_ATOL, DEFAULT_RTOL, channel_stats
 
 DEFAULT_IMAGE_LAYERS = 6
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    """Move every tensor of a (nested) list/tuple/dict/dataclass to ``device``, as Lightning moves a batch.
-
-    A frozen dataclass is passed through unchanged, since it cannot be rebuilt with moved fields."""
-    return apply_to_collection(batch, torch.Tensor, torch.Tensor.to, device, allow_frozen=True)
-
-
-def first_tensor(output: Any) -> torch.Tensor | None:
-    """The tensor a hook should read: the output itself, or the first tensor in a (nested) tuple/list/dict."""
-    if isinstance(output, torch.Tensor):
-        return output
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, list | tuple) else []
-    for value in values:
-        found = first_tensor(value)
-        if found is not None:
-            return found
-    return None
-
-
-@contextlib.contextmanager
-def keep_rng(cuda_devices: Sequence[int] = ()) -> Iterator[None]:
-    """Every generator a forward might draw from (torch CPU and CUDA, Python's, NumPy's) is as before afterwards."""
-    python_state = random.getstate()
-    numpy = sys.modules.get("numpy")  # only if already imported: NumPy is not a dependency of the probe
-    numpy_state = numpy.random.get_state() if numpy is not None else None
-    try:
-        with torch.random.fork_rng(devices=list(cuda_devices)):
-            yield
-    finally:
-        random.setstate(python_state)
-        if numpy_state is not None:
-            numpy.random.set_state(numpy_state)
-
-
-def run_eagerly() -> contextlib.AbstractContextManager:
-    """``torch.compile``d code runs eagerly inside: hooks fire, and nothing is recompiled for eval/no_grad."""
-    if "torch._dynamo" not in sys.modules:  # nothing was ever compiled; importing dynamo costs ~1 s and ~150 MB
-        return contextlib.nullcontext()
-    set_stance = getattr(getattr(torch, "compiler", None), "set_stance", None)  # torch >= 2.6
-    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
-
-
-def check_input(
-    x: Any, mean: Sequence[float] | None = None, std: Sequence[float] | None = None, argument: str = "x"
-) -> None:
-    """Raise ``ValueError`` naming ``argument`` for a probe input with no sample, or a normalisation that does
-    not fit its channels (errors that would otherwise surface as an obscure failure inside a hook)."""
-    tensor = first_tensor(x)
-    if tensor is not None and tensor.dim() > 0 and tensor.shape[0] == 0:
-        raise ValueError(f"{argument}: no sample in the probe batch (shape {tuple(tensor.shape)}); pass at least one")
-    if mean is None or tensor is None or tensor.dim() != 4 or not tensor.is_floating_point():
-        return
-    channels = tensor.shape[1]
-    for name, values in (("mean", mean), ("std", std)):
-        if len(values) not in (1, channels):
-            raise ValueError(
-                f"{name}: {len(values)} values, but the probe input has {channels} channels "
-                f"(shape {tuple(tensor.shape)}); pass one value per input channel, or none"
-            )
-
-
-@contextlib.contextmanager
-def probing(model: nn.Module, hooks: Sequence[tuple[nn.Module, Callable[..., None]]] = ()) -> Iterator[None]:
-    """Eval mode, ``no_grad``, every RNG kept, compiled code run eagerly and the forward ``hooks`` on, for the
-    forward(s) run inside; afterwards the hooks are off and every module's train/eval mode is as before, whatever
-    happens. The machinery every pass of ours through the model under training shares (the probe, the examples)."""
-    device = model_device(model)
-    modes = [(module, module.training) for module in model.modules()]
-    handles = []
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    try:
-        model.eval()
-        for module, hook in hooks:
-            handles.append(module.register_forward_hook(hook))
-        with keep_rng(cuda_devices), run_eagerly(), torch.no_grad():
-            yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, mode in modes:
-            module.training = mode
-
-
-def forward(model: nn.Module, x: Any, forward_fn: Callable[[nn.Module, Any], Any] | None = None) -> Any:
-    """``forward_fn(model, x)``, else ``model(x)``, with ``x`` moved to the model's device."""
-    x = to_device(x, model_device(model))
-    return forward_fn(model, x) if forward_fn is not None else model(x)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 class FeatureMapProbe:
@@ -200,6 +105,8 @@ class FeatureMapProbe:
         self.forward_fn = forward_fn
         self.similarity = similarity
         self.pinned_channels: dict[str, list[int]] = {}
+        self._device_constants: dict[tuple, torch.Tensor] = {}  # see _on_device
+        self._relative: dict[str, bool] = {}  # per layer key: its last Gram matrix needed the relative product
         self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
 
     def _image_names(self, image_layers: LayerSpec | Sequence[LayerSpec] | None) -> list[str] | None:
@@ -216,13 +123,16 @@ class FeatureMapProbe:
             )
         return chosen
 
-    def _default_image_names(self, raw: dict[str, tuple], lineage: ActivationLineage) -> list[str]:
+    def _default_image_names(self, raw: dict[str, dict[str, Any]], lineage: ActivationLineage) -> list[str]:
         """At most ``DEFAULT_IMAGE_LAYERS`` spread over the depth of the layers with maps worth showing: more than
         one position, and not a conv feeding a sigmoid gate (squeeze-excitation)."""
         names = [
             key
-            for key, (shape, *_) in raw.items()
-            if "#" not in key and len(shape) >= 3 and prod(shape[2:]) > 1 and lineage.reached.get(key, ("",))[0] != GATE
+            for key, layer in raw.items()
+            if "#" not in key
+            and len(layer["shape"]) >= 3
+            and prod(layer["shape"][2:]) > 1
+            and lineage.reached.get(key, ("",))[0] != GATE
         ]
         count = min(DEFAULT_IMAGE_LAYERS, len(names))
         if count <= 1:
@@ -234,24 +144,49 @@ class FeatureMapProbe:
 
         Every module's train/eval mode and the RNG state are restored afterwards, whatever happens. The first run
         with default picture layers draws every layer with maps, then keeps the pictures of those it chooses.
+        Everything the hooks compute stays on the device until one hand-over after the forward (``handover.py``),
+        so a GPU forward is not stopped layer after layer. When that shows a non-finite statistic or Gram matrix
+        (NaN/Inf values, or a float32 overflow: rare), the forward runs once more with the exact, slower
+        statistics, which do read values on the host.
         """
         check_input(x, self.mean, self.std)
-        raw, lineage = self._forward(x)
+        event = self._event(x, careful=False)
+        if event.careful:
+            event = self._event(x, careful=True)
+        return self._collect(event, x)
+
+    def _event(self, x: Any, careful: bool) -> handover.Event:
+        """One hooked forward, handed over to the host; with default picture layers, the first chooses them."""
+        raw, lineage, images = self._forward(x, careful)
         if self.image_names is None:
             self.image_names = self._default_image_names(raw, lineage)
-            for key, entry in raw.items():
+            for key, layer in raw.items():
                 if key.split("#")[0] not in self.image_names:
-                    raw[key] = (*entry[:4], None, entry[5])
-        return self._collect(raw, x, lineage)
+                    for drawn in ("grid", "channels", "energy"):
+                        layer.pop(drawn, None)
+        for key, reached in lineage.reached.items():
+            raw[key]["reached"] = reached  # Python values: they travel as they are
+        for key, layer in raw.items():
+            if "grid" in layer:
+                layer["marks"] = self._mark_codes(key, layer, lineage)
+        event = handover.hand_over(raw, lineage, images)
+        for key, layer in event.layers.items():
+            if "offset" in layer:  # on the CPU: the next event's Gram product (see similarity.gram)
+                self._relative[key] = bool(layer["offset"][0])
+                event.careful |= layer["relative"] is False and self._relative[key]  # a bare product lost digits
+        return event
 
-    def _forward(self, x: Any) -> tuple[dict[str, Any], ActivationLineage]:
-        """Hooks on, one forward, hooks off: per layer key what :meth:`_reduce` made of its output, and what the
-        activations after it let through."""
+    def _forward(self, x: Any, careful: bool) -> tuple[dict[str, dict[str, Any]], ActivationLineage, Any]:
+        """Hooks on, one forward, hooks off: per layer key its (channels-first) shape, layout and what
+        :meth:`_reduce` made of its output, on the device; what the activations after it let through; the input
+        images (see ``render.input_images``), on the device too."""
         calls: Counter[str] = Counter()
-        raw: dict[str, Any] = {}
+        raw: dict[str, dict[str, Any]] = {}
         warned = self._warned
-        lineage = ActivationLineage()  # which of these channels a following ReLU silences
-        first = first_tensor(x)
+        # which of these channels a following ReLU silences (not judged after a BatchNorm still at 0 and 1)
+        lineage = ActivationLineage(batchnorm_calibration(self.model) if self.follow_activations else None)
+        moved = to_device(x, model_device(self.model))
+        first = first_tensor(moved)
         input_shape = tuple(first.shape) if first is not None else None
 
         def make_hook(name: str, picture: bool):
@@ -273,7 +208,8 @@ class FeatureMapProbe:
                 own = SILENCING_MODULES.get(type(module)) if _silences(module) else None
                 draw = picture if self.image_names is not None else view.dim() >= 3  # choosing: draw every map
                 with outside_lineage():  # the probe's own reductions are not part of the model's forward
-                    raw[key] = (tuple(view.shape), layout, own, *self._reduce(key, view, draw))
+                    reduced = self._reduce(key, view, draw, careful)
+                    raw[key] = {"shape": tuple(view.shape), "layout": layout, "own": own, **reduced}
                     lineage.label(tensor, key, 1 if layout.kind == "channels_first" else -1)
 
             return hook
@@ -281,17 +217,25 @@ class FeatureMapProbe:
         hooks = [(module, make_hook(name, name in (self.image_names or ()))) for name, module in self.layers]
         following = lineage if self.follow_activations else contextlib.nullcontext()
         with probing(self.model, hooks), following:
-            forward(self.model, x, self.forward_fn)
-        return raw, lineage
+            forward(self.model, moved, self.forward_fn)
+        images = None if first is None else render.input_images(first.detach(), self.max_samples, self.mean, self.std)
+        return raw, lineage, images
 
-    def _reduce(self, name: str, output: torch.Tensor, picture: bool) -> tuple[ChannelStats, Any, Any]:
+    def _reduce(self, name: str, output: torch.Tensor, picture: bool, careful: bool) -> dict[str, Any]:
         """Statistics, (for picture layers) grid, channels and energy map, and (with ``similarity``) the Gram
-        matrix and value histogram, all still on the device."""
-        stats = channel_stats(output, self.atol, self.rtol)
-        representation = None
+        matrix and value histogram, all still on the device; nothing is read on the host unless ``careful``."""
+        stats = channel_stats(output, self.atol, self.rtol, careful)
+        reduced: dict[str, Any] = {"stats": stats}
         if self.similarity and output.numel():
-            histogram = similarity.value_histogram(output, stats.min.amin(), stats.max.amax())
-            representation = (similarity.gram(output), histogram)
+            on_cpu = output.device.type == "cpu"
+            # on the CPU, after a layer's first event, what its previous Gram matrix showed (no check, no read)
+            reduced["relative"] = self._relative.get(name) if on_cpu and not careful else None
+            reduced["gram"] = similarity.gram(output, check_overflow=careful, relative=reduced["relative"])
+            if on_cpu:
+                squares = (stats.std.double().square() + stats.mean.double().square()).sum()
+                trace = squares * (output.numel() // output.shape[1])  # the uncentred trace, from the statistics
+                reduced["offset"] = similarity.offset_dominates(reduced["gram"], trace)
+            reduced["histogram"] = similarity.value_histogram(output, stats.min.amin(), stats.max.amax())
         module = name.split("#")[0]  # once per module, not per call of a reused one
         if picture and output.dim() < 3 and module not in self._warned:
             self._warned.add(module)
@@ -301,42 +245,71 @@ class FeatureMapProbe:
                 stacklevel=3,
             )
         if not picture or output.dim() < 3:
-            return stats, None, representation
+            return reduced
         pinned = self.pinned_channels.get(name)
         if pinned is not None and max(pinned) < output.shape[1]:
-            channels = torch.tensor(pinned)
+            channels = self._on_device(("pinned", name, tuple(pinned)), lambda: torch.tensor(pinned), output.device)
         else:
             channels = render.choose_channels(stats.std, self.max_channels, self.channel_order)
-        grid = render.render_feature_grid(output, channels, self.max_samples, self.lut)
-        energy = render.activation_energy(output, self.max_samples) if self.overlay else None
-        return stats, (grid, channels.tolist(), energy), representation
+        lut = self._on_device(("lut",), lambda: self.lut, output.device)
+        reduced["grid"] = render.render_feature_grid(output, channels, self.max_samples, lut)
+        reduced["channels"] = channels
+        if self.overlay:
+            reduced["energy"] = render.activation_energy(output, self.max_samples)
+        return reduced
 
-    def _collect(self, raw: dict[str, tuple], x: Any, lineage: ActivationLineage) -> ProbeResult:
-        """Move the small per-layer results to the CPU and finish the pictures there, with the dead and dying marks
-        (only known now, after the activations that follow each layer)."""
-        images = None
+    def _on_device(self, key: tuple, make: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+        """A small CPU constant (pinned channel numbers, the colour table) copied to ``device`` once per run, not
+        per event: a copy to a GPU waits for its queue too."""
+        cached = self._device_constants.get((*key, device))
+        if cached is None:
+            cached = self._device_constants[(*key, device)] = make().to(device)
+        return cached
+
+    def _report(self, key: str, layer: dict[str, Any]) -> LayerReport:
+        """The report of one layer from its fields: on the device before the hand-over (for the marks), on the host
+        after it."""
+        report = LayerReport(name=key, shape=layer["shape"], stats=layer["stats"], layout=str(layer["layout"]))
+        report.gram, report.histogram = layer.get("gram"), layer.get("histogram")
+        report.activation_kind, report.activation = layer.get("reached", (report.activation_kind, None))
+        if "silenced" in layer:
+            report.silenced, report.firing = layer["silenced"], layer["firing"]
+        elif layer["own"] is not None:  # a ReLU-family layer watched itself: its output is what it lets through
+            report.activation_kind, report.activation = RELU, layer["own"]
+            report.firing = 1.0 - report.stats.zero_fraction
+            report.silenced = report.firing == 0
+        return report
+
+    def _mark_codes(self, key: str, layer: dict[str, Any], lineage: ActivationLineage) -> torch.Tensor:
+        """The grid's dead/dying marks (``marks.mark_codes``), on the device, as :meth:`_collect` will judge the
+        layer: with what the activation after it let through where that was measured."""
+        report = self._report(key, layer)
+        alone = mark_codes(report.dead, report.dying, layer["channels"])
+        if key not in lineage.firing:
+            return alone
+        followed = self._report(key, {**layer, "silenced": lineage.silenced[key], "firing": lineage.firing[key]})
+        codes = mark_codes(followed.dead, followed.dying, layer["channels"])
+        measured = lineage.measured[key]  # None, or a device-side gate (a BatchNorm no module holds)
+        return codes if measured is None else torch.where(measured, codes, alone)
+
+    def _collect(self, event: handover.Event, x: Any) -> ProbeResult:
+        """Reports from the host copies, and the pictures finished on the CPU (header, overlay), with the dead and
+        dying marks (only known now, after the activations that follow each layer)."""
+        images = event.images
         first = first_tensor(x)
-        if first is not None:
-            images = render.input_images(first.detach().cpu(), self.max_samples, self.mean, self.std)
         reports = {}
-        for key, (shape, layout, own, stats, picture, representation) in raw.items():
-            report = LayerReport(name=key, shape=shape, stats=stats.to("cpu"), layout=str(layout))
-            if representation is not None:
-                report.gram, report.histogram = (t.cpu() for t in representation)
-            report.activation_kind, report.activation = lineage.reached.get(key, (report.activation_kind, None))
-            if key in lineage.silenced:
-                report.silenced, report.firing = lineage.silenced[key].cpu(), lineage.firing[key].cpu()
-            elif own is not None:  # a ReLU-family layer watched itself: its own output is what it lets through
-                report.activation_kind, report.activation = RELU, own
-                report.firing = 1.0 - report.stats.zero_fraction
-                report.silenced = report.firing == 0
-            if picture is not None and picture[0] is not None:
-                grid, channels, energy = picture
-                marks = column_marks(report.dead, report.dying, channels)
-                report.grid = render.with_header(grid.cpu(), channels, marks, min(self.max_samples, shape[0]))
+        for key, layer in event.layers.items():
+            shape = layer["shape"]
+            report = self._report(key, layer)
+            grid = layer.get("grid")
+            if grid is not None:
+                channels = layer["channels"]
+                marks = marks_of(layer["marks"])
+                report.grid = render.with_header(grid, channels, marks, min(self.max_samples, shape[0]))
                 report.channels = channels
+                energy = layer.get("energy")
                 if energy is not None and images is not None and shape[0] == first.shape[0]:  # same samples
-                    report.overlay = render.overlay(images, energy.cpu(), self.overlay_lut)
+                    report.overlay = render.overlay(images, energy, self.overlay_lut)
             reports[key] = report
         input_image = render.image_row(images) if images is not None else None
         return ProbeResult(reports, input_image)

@@ -17,7 +17,8 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, IterableDataset
 
-from .probe import ProbeResult, check_input, first_tensor, to_device
+from .passes import check_input, first_tensor, to_device
+from .probe import ProbeResult
 
 INPUT_KEYS = ("image", "images", "img", "x", "input", "inputs")
 _PICKLABLE = "(defined at module level so the callback stays picklable)"

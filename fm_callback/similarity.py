@@ -36,31 +36,40 @@ def flat_samples(x: torch.Tensor) -> torch.Tensor:
     return moved.reshape(n, -1) if moved.is_contiguous() else x.reshape(n, -1)
 
 
-def gram(x: torch.Tensor) -> torch.Tensor:
+def gram(x: torch.Tensor, check_overflow: bool = True, relative: bool | None = None) -> torch.Tensor:
     """The N x N Gram matrix ``X Xᵀ`` of ``x`` (``(N, ...)``, flattened per sample), as float64 on ``x``'s device.
 
     The debiased HSIC does not depend on an offset common to all samples, but float32 does: where the features share
     a large one (post-ReLU layers often do), the uncentred product loses 1 - CKA's digits (3x too large at a 30-sigma
     offset, N = 16, D = 2e5), so the samples are then taken relative to the first one (:func:`_relative_gram`).
-    On the CPU that costs about two products, so it is done only where the offset dominates (the samples' spread is
-    under ``_SPREAD`` of the uncentred trace: 10x the float32 error there is still far below 1 - CKA's digits); on an
-    accelerator always, since the check would wait for the device. A product that overflows float32 (values near
-    1e16 and above) is redone in float64 blocks scaled by the largest magnitude, which CKA does not see.
+    On the CPU that costs about two products, so it is done only where the offset dominates
+    (:func:`offset_dominates`); on an accelerator always, since the check would wait for the device. ``relative``
+    True or False skips the check: the probe, on the CPU, gives what the same layer's previous Gram matrix showed
+    (and redoes the event where that was wrong). A product that overflows float32 (values near 1e16 and above) is
+    redone in float64 blocks scaled by the largest magnitude, which CKA does not see. That check reads a value on
+    the host (a GPU waits for everything queued): the probe skips it (``check_overflow=False``) and, when a Gram
+    matrix it handed over is not finite, runs its careful second forward with it.
     """
     flat = flat_samples(x)
     n, d = flat.shape
     if d == 0:
         return torch.zeros(n, n, dtype=torch.float64, device=x.device)
-    if flat.device.type != "cpu":
+    if relative or (relative is None and flat.device.type != "cpu"):
         result = _relative_gram(flat)
     else:
         result = (flat @ flat.T).double() if flat.dtype == torch.float32 else _blocked_gram(flat, torch.float32)
-        trace = result.trace()
-        if trace > 0 and trace - result.sum() / n < _SPREAD * trace:  # the centred trace: the samples' spread
+        if relative is None and bool(offset_dominates(result, result.trace())):
             result = _relative_gram(flat)
-    if not bool(torch.isfinite(result).all()) and bool(torch.isfinite(flat).all()):
+    if check_overflow and not bool(torch.isfinite(result).all()) and bool(torch.isfinite(flat).all()):
         result = _blocked_gram(flat, torch.float64, scaled=True)
     return result
+
+
+def offset_dominates(g: torch.Tensor, trace: torch.Tensor) -> torch.Tensor:
+    """0-dim bool, on ``g``'s device: the samples' spread (the centred trace of the Gram matrix ``g``, the same for
+    the relative product) is under ``_SPREAD`` of the uncentred ``trace`` (the sum of squares of every value); then
+    10x the float32 error of a bare product is no longer far below 1 - CKA's digits."""
+    return (trace > 0) & (g.trace() - g.sum() / g.shape[0] < _SPREAD * trace)
 
 
 def _relative_gram(flat: torch.Tensor) -> torch.Tensor:

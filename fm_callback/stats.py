@@ -13,7 +13,7 @@ import torch
 
 DEFAULT_ATOL = 1e-8
 DEFAULT_RTOL = 1e-5
-_CENTRE_ABOVE = 16  # redo a channel's variance centred when mean^2 > this * variance (error ~ 1e-7 * ratio)
+_BLOCK_VALUES = 1 << 22  # values centred at once: a 16 MiB float32 temporary at most, never a whole large output
 
 
 @dataclass
@@ -50,11 +50,18 @@ def dead_rule(
     return (cmax - cmin) <= atol + rtol * scale
 
 
-def channel_stats(x: torch.Tensor, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> ChannelStats:
+def channel_stats(
+    x: torch.Tensor, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, careful: bool = True
+) -> ChannelStats:
     """Statistics per channel (dim 1) of ``x`` over the batch and every spatial position, in float32.
 
-    One pass per statistic: min, max, sum, Euclidean norm (the sum of squares), zero count. NaN/Inf
-    values, rare, are counted and skipped by a second, slower pass.
+    One pass per statistic: min, max, sum, zero count, and the Euclidean norm around each channel's mean (so a
+    channel whose mean is large against its spread loses no precision to ``E[x^2] - mean^2``).
+
+    NaN/Inf values (and finite ones whose squares overflow float32), rare, are counted and skipped by a second,
+    slower pass, which asks the host whether there are any. ``careful=False`` skips that question, so nothing here
+    reads a value on the host and a GPU forward runs on while these are queued; such channels then come out
+    non-finite, and the probe, seeing that after its forward, redoes the event with ``careful=True``.
     """
     if x.dim() < 2:
         raise ValueError(f"expected an output of shape (N, C, ...), got {tuple(x.shape)}")
@@ -64,17 +71,12 @@ def channel_stats(x: torch.Tensor, atol: float = DEFAULT_ATOL, rtol: float = DEF
     count = x.numel() // x.shape[1]  # values per channel
     cmin, cmax = x.amin(dim=dims), x.amax(dim=dims)
     total = x.sum(dim=dims).double()
-    squares = torch.linalg.vector_norm(x, dim=dims).double().square()
+    mean = total / count
+    centre = mean.float()
+    var = _centred_squares(x, centre, dims) / count - (mean - centre.double()).square()  # around the centre used
     zeros = (x == 0).sum(dim=dims, dtype=torch.int32)  # int32: several times faster than count_nonzero's int64
     nonfinite = torch.zeros(x.shape[1], dtype=torch.int64, device=x.device)
-    if bool((torch.isfinite(cmin) & torch.isfinite(cmax) & torch.isfinite(total) & torch.isfinite(squares)).all()):
-        mean = total / count
-        var = squares / count - mean.square()
-        # E[x^2] - mean^2 cancels when |mean| is large against the spread: redo those channels around their mean.
-        risky = (mean.square() > _CENTRE_ABOVE * var).nonzero().flatten()
-        if risky.numel():
-            var[risky] = torch.var(x.index_select(1, risky).double(), dim=dims, correction=0)
-    else:
+    if careful and not bool((torch.isfinite(cmin) & torch.isfinite(cmax) & torch.isfinite(var)).all()):
         # NaN/Inf values, or finite ones so large (|x| above ~1.8e19) that their float32 squares overflow:
         # count NaN/Inf, and take the finite part's statistics in float64.
         bad = ~torch.isfinite(x)
@@ -85,7 +87,7 @@ def channel_stats(x: torch.Tensor, atol: float = DEFAULT_ATOL, rtol: float = DEF
         n_ok = (count - nonfinite).clamp(min=1)
         mean = clean.sum(dim=dims) / n_ok
         var = clean.square().sum(dim=dims) / n_ok - mean.square()
-    half_range = (cmax.double() - cmin.double()) / 2  # E[x^2] - mean^2 rounds; a constant channel has std 0
+    half_range = (cmax.double() - cmin.double()) / 2  # a constant channel has std 0, whatever rounding says
     var = torch.minimum(var.clamp(min=0), half_range.square())
     return ChannelStats(
         mean=mean.float(),
@@ -97,3 +99,16 @@ def channel_stats(x: torch.Tensor, atol: float = DEFAULT_ATOL, rtol: float = DEF
         dead=dead_rule(cmin, cmax, atol, rtol) & (nonfinite == 0),
         never_positive=cmax <= 0,
     )
+
+
+def _centred_squares(x: torch.Tensor, centre: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """Per channel, the sum of squares of ``x - centre`` (float64 ``[C]``): the variance without cancellation,
+    whatever the mean. Blocks of channels bound the temporary to ``_BLOCK_VALUES`` values."""
+    per_channel = x.numel() // x.shape[1]
+    width = max(1, _BLOCK_VALUES // max(1, per_channel))
+    shape = [1, -1, *[1] * (x.dim() - 2)]
+    squares = [
+        torch.linalg.vector_norm(block - part.view(shape), dim=dims).double().square()
+        for block, part in zip(x.split(width, dim=1), centre.split(width), strict=True)
+    ]
+    return squares[0] if len(squares) == 1 else torch.cat(squares)

@@ -1,6 +1,6 @@
 """What each shown channel looks for: the pool samples that activate it most, and where (framework-free).
 
-A fixed pool of samples goes through the model in chunks inside :func:`.probe.probing` (eval mode, ``no_grad``,
+A fixed pool of samples goes through the model in chunks inside :func:`.passes.probing` (eval mode, ``no_grad``,
 every RNG kept, hooks only for the pass). In the hook of each picture layer the chunk's output is reduced at once:
 per sample and shown channel, its maximum over positions and the position of that maximum. Only each channel's
 running top ``k`` (values, pool indices, peak positions) stays on the device, never the pool's activations, so the
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .probe import first_tensor, forward, probing
+from .passes import first_tensor, forward, probing
 from .render import as_maps
 
 # Box half-widths tried by the receptive-field measurement, in input pixels (all in one batch).
@@ -99,7 +99,7 @@ class ExampleScanner:
     """Scans a pool through ``model`` and keeps, per layer and channel, the ``k`` samples that activate it most.
 
     Args:
-        model: the model under training (left as it was: see :func:`.probe.probing`).
+        model: the model under training (left as it was: see :func:`.passes.probing`).
         layers: ``{name: module}`` of the picture layers; a module called more than once is read at its first call.
         channels: ``{name: [channel, ...]}``, the shown channels of each layer (the grid's columns, in order).
         k: examples per channel.

@@ -225,3 +225,20 @@ def test_a_further_fit_on_new_data_does_not_compare_different_samples(tmp_path: 
     trainer.fit(model, other, other)  # its probe batch is other samples: the CKA history starts again
     assert [h["step"] for h in callback.changes.history] == [4]  # none at step 5, the first event of the new batch
     assert read_events(tmp_path).steps("scalars", "layer_change/conv2") == [4]
+
+
+def test_a_layer_whose_offset_comes_to_dominate_gets_the_relative_product_in_the_same_event() -> None:
+    """On the CPU the probe takes a layer's Gram product from what its previous event showed (no check inside the
+    hook, no host read); where that was a bare product and the offset now dominates, the event is redone carefully,
+    so the Gram matrix is the one ``gram``'s own check gives."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1))
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    probe = FeatureMapProbe(model, image_layers=[])
+    probe.run(x)  # no common offset: the bare product, remembered for the next event
+    with torch.no_grad():
+        model[0].bias.fill_(30.0)  # now every feature shares a large offset
+        output = model(x)
+    exact = gram(output)
+    assert not torch.equal(gram(output, relative=False), exact)  # the bare product would lose digits here
+    assert torch.equal(probe.run(x)["0"].gram, exact)

@@ -37,8 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "examples")]
 from bench_event import count_hooks, largest_activation, machine, rss_rise, timed  # noqa: E402
 
 from fm_callback import FeatureMapProbe  # noqa: E402
-from fm_callback.example_pictures import render_examples  # noqa: E402
-from fm_callback.marks import column_marks  # noqa: E402
+from fm_callback.example_pictures import draw_examples  # noqa: E402
 from fm_callback.top_examples import ExampleScanner, examples_record  # noqa: E402
 
 CHUNK = 16
@@ -88,11 +87,7 @@ def bench(name: str, pool_size: int, repeats: int) -> dict[str, Any]:
         found.update(scanner.scan(chunks()))
 
     def pictures() -> None:
-        marks = {}
-        for layer, examples in found.items():
-            report = result[layer]
-            marks[layer] = column_marks(report.dead, report.dying, examples.channels)
-            render_examples(layer, examples, lambda i: pool[i : i + 1], marks[layer])
+        _, marks = draw_examples(found, result, lambda i: pool[i : i + 1])
         examples_record(found, marks, len(pool), 4)
 
     def train_step() -> None:

@@ -10,13 +10,14 @@ row says so instead of showing examples. Pure functions of CPU tensors, drawn wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .marks import COLOURS, DEAD
+from .marks import COLOURS, DEAD, column_marks
 from .render import BACKGROUND, HEADER_INK, as_rgb
 from .top_examples import LayerExamples, input_point
 
@@ -39,6 +40,29 @@ def crop(image: np.ndarray, centre: tuple[float, float], size: int) -> np.ndarra
     if rows.start < rows.stop and cols.start < cols.stop:
         out[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left] = image[rows, cols]
     return out
+
+
+def draw_examples(
+    found: Mapping[str, LayerExamples],
+    result: Mapping[str, Any],
+    sample: Callable[[int], torch.Tensor],
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[str | None, ...]]]:
+    """Per layer of ``found`` (CPU examples): its ``feature_examples`` picture (left out where there is none) and its
+    rows' dead/dying marks, by the verdict of the same event's probe ``result`` (a ``ProbeResult``)."""
+    marks, pictures = {}, {}
+    for name, examples in found.items():
+        report = result.get(name)
+        marks[name] = (
+            column_marks(report.dead, report.dying, examples.channels)
+            if report is not None
+            else (None,) * len(examples.channels)
+        )
+        picture = render_examples(name, examples, sample, marks[name], mean, std)
+        if picture is not None:
+            pictures[name] = picture
+    return pictures, marks
 
 
 def render_examples(

@@ -15,8 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from .example_pictures import render_examples
-from .marks import column_marks
+from .example_pictures import draw_examples
 from .passes import first_tensor
 from .probe import FeatureMapProbe, ProbeResult
 from .probe_batch import take_model_input
@@ -66,20 +65,8 @@ class ExamplesPass:
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Rank 0: the ``feature_examples/<layer>`` pictures and the JSON record, marked dead/dying as the grid."""
         found = {name: examples.to("cpu") for name, examples in found.items()}
-        marks = {}
-        for name, examples in found.items():
-            report = result.get(name)
-            if report is None:
-                marks[name] = [None] * len(examples.channels)
-                continue
-            chosen = examples.channels
-            marks[name] = column_marks(report.dead, report.dying, chosen)
         pool = first_tensor(self.pool)
-        pictures = {}
-        for name, examples in found.items():
-            picture = render_examples(name, examples, lambda i: pool[i : i + 1], marks[name], mean, std)
-            if picture is not None:
-                pictures[name] = picture
+        pictures, marks = draw_examples(found, result, lambda i: pool[i : i + 1], mean, std)
         return pictures, examples_record(found, marks, len(pool), self.k)
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from .example_pictures import render_examples
-from .marks import column_marks
+from .example_pictures import draw_examples
 from .models import SnapshotError
 from .probe import FeatureMapProbe, ProbeResult
 from .tensorboard import FEATURE_EXAMPLES, layer_tag
@@ -51,19 +50,14 @@ def write_examples(
     channels = {name: report.channels for name, report in result.items() if report.channels and name in modules}
     scanner = ExampleScanner(probe.model, {name: modules[name] for name in channels}, channels, k, probe.forward_fn)
     found = scanner.scan((start, load(paths[start : start + CHUNK])) for start in range(0, len(paths), CHUNK))
-    marks = {}
-    for name, examples in found.items():
-        report = result[name]
-        marks[name] = column_marks(report.dead, report.dying, examples.channels)
-    for name, examples in found.items():
-        examples = examples.to("cpu")
-        picture = render_examples(name, examples, lambda i: load(paths[i : i + 1]), marks[name], probe.mean, probe.std)
-        if picture is not None:
-            from torchvision.io import write_png
+    found = {name: examples.to("cpu") for name, examples in found.items()}
+    pictures, marks = draw_examples(found, result, lambda i: load(paths[i : i + 1]), probe.mean, probe.std)
+    for name, picture in pictures.items():
+        from torchvision.io import write_png
 
-            path = out / f"{layer_tag(FEATURE_EXAMPLES, name)}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_png(picture, str(path))
+        path = out / f"{layer_tag(FEATURE_EXAMPLES, name)}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_png(picture, str(path))
     record = {**examples_record(found, marks, len(paths), k), "images": [str(p) for p in paths]}
     (out / "examples.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a fresh clone runs without installing the package
 
 from fm_callback import FeatureMapProbe, background  # noqa: E402
-from fm_callback import tensorboard as tb  # noqa: E402
+from fm_callback import tensorboard_writer as tb  # noqa: E402
 from fm_callback.select import select_layers  # noqa: E402
 
 MODELS = ("resnet18", "vgg16", "convnext_tiny")
@@ -180,7 +180,10 @@ class Variants:
         self.step = 0
         self.cuda = x.device.type == "cuda"
         if then is not None:  # the package at --against REV
-            self.then_tb = importlib.import_module(f"{then.__name__}.tensorboard")
+            try:  # the SummaryWriter calls: tensorboard_writer.py, in tensorboard.py before the house issue
+                self.then_tb = importlib.import_module(f"{then.__name__}.tensorboard_writer")
+            except ModuleNotFoundError:
+                self.then_tb = importlib.import_module(f"{then.__name__}.tensorboard")
             try:  # a submodule is an attribute of its package only once imported
                 self.then_background = importlib.import_module(f"{then.__name__}.background")
             except ModuleNotFoundError:  # older trees: in tensorboard.py

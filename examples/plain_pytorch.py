@@ -4,7 +4,7 @@
     fm-callback view runs/plain
 
 The probe hooks the chosen layers for one forward of a fixed batch, restores every module's mode and
-the RNG state, and returns small CPU results; ``fm_callback.tensorboard.write_result`` writes them
+the RNG state, and returns small CPU results; ``fm_callback.tensorboard_writer.write_result`` writes them
 under the same tags the Lightning callback uses, so TensorBoard shows the same dashboards. Each result also
 holds every layer's Gram matrix of the probe batch; ``similarity.layer_change(before, after)`` says how much each
 layer's representation changed between two probes (1 - debiased linear CKA), logged as ``layer_change/<layer>``.
@@ -28,8 +28,9 @@ from shapes import CLASSES, MEAN, STD, ShapesDataset  # noqa: E402
 
 from fm_callback import FeatureMapProbe  # noqa: E402
 from fm_callback.cli import command_line  # noqa: E402
+from fm_callback.names import LAYER_CHANGE  # noqa: E402
 from fm_callback.similarity import layer_change  # noqa: E402
-from fm_callback.tensorboard import LAYER_CHANGE, write_result  # noqa: E402
+from fm_callback.tensorboard_writer import write_result  # noqa: E402
 
 
 def small_cnn(width: int = 16) -> nn.Sequential:

@@ -2,7 +2,8 @@
 
 from typing import TYPE_CHECKING
 
-from .probe import FeatureMapProbe, LayerReport, ProbeResult
+from .probe import FeatureMapProbe
+from .results import LayerReport, ProbeResult
 
 if TYPE_CHECKING:
     from .callback import FeatureMapCallback

@@ -72,7 +72,7 @@ def use_fast_crc32c() -> bool:
 
 
 class BackgroundWriter:
-    """Runs writes for a SummaryWriter (or a W&B or MLflow writer of loggers.py) on one daemon thread, at most
+    """Runs writes for a SummaryWriter (or a W&B or MLflow writer) on one daemon thread, at most
     ``max_pending`` waiting.
 
     ``threaded=False`` runs each write at once on the caller's thread instead (same errors-as-warnings):

@@ -12,14 +12,15 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from . import tensorboard as tb
+from . import names
 from .examples_pass import ExamplesPass
 from .fit_notes import say_at_fit_start, warn_on_rank
 from .layout import check_layouts
 from .passes import check_input
-from .probe import FeatureMapProbe, ProbeResult
+from .probe import FeatureMapProbe
 from .probe_batch import ProbeSource, dry_run, found_normalisation, take_model_input
 from .render import colormap_lut
+from .results import ProbeResult
 from .schedule import check_positive, check_schedule, logger_step
 from .select import LayerSpec
 from .stats import DEFAULT_ATOL, DEFAULT_RTOL
@@ -120,7 +121,7 @@ class FeatureMapCallback(pl.Callback):
         for name, fn in (("input_fn", input_fn), ("forward_fn", forward_fn)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"FeatureMapCallback: {name} must be callable, got {type(fn).__name__}")
-        self.prefix = tb.check_prefix(prefix)
+        self.prefix = names.check_prefix(prefix)
         self.layers = layers
         self.image_layers = image_layers
         self.log_at_start = log_at_start
@@ -305,8 +306,8 @@ class FeatureMapCallback(pl.Callback):
         for message in change.notes:  # revivals
             rank_zero_info(message)
         since_previous, since_first = self.changes.update(result, step, epoch)
-        changes = {tb.LAYER_CHANGE: since_previous, tb.LAYER_CHANGE_FROM_START: since_first}
-        metrics = tb.scalar_metrics(result, self.prefix, changes)
+        changes = {names.LAYER_CHANGE: since_previous, names.LAYER_CHANGE_FROM_START: since_first}
+        metrics = names.scalar_metrics(result, self.prefix, changes)
         if self._writer is None:
             return metrics, None
         table, record = self.tracker.table(result, change), self.tracker.record(result, change)

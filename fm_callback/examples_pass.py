@@ -17,8 +17,9 @@ from lightning_utilities.core.apply_func import apply_to_collection
 
 from .example_pictures import draw_examples
 from .passes import first_tensor
-from .probe import FeatureMapProbe, ProbeResult
+from .probe import FeatureMapProbe
 from .probe_batch import take_model_input
+from .results import ProbeResult
 from .top_examples import ExampleScanner, examples_record
 
 

@@ -18,7 +18,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader, IterableDataset
 
 from .passes import check_input, first_tensor, to_device
-from .probe import ProbeResult
+from .results import ProbeResult
 
 INPUT_KEYS = ("image", "images", "img", "x", "input", "inputs")
 _PICKLABLE = "(defined at module level so the callback stays picklable)"

@@ -1,5 +1,5 @@
 """``fm-callback report``: the callback's JSON record of each probe event (tag ``fm_callback/dead_state``, see
-``tensorboard.py``) read back per run and layer: dead, never-positive, persistently dead (since when) and revived
+``tensorboard_writer.py``) read back per run and layer: dead, never-positive, persistently dead (since when) and revived
 channels, and the representation change (``layer_change``, 1 - CKA against the previous event). A layer whose change
 stayed below ``SETTLED_BELOW`` at the last ``SETTLED_EVENTS`` events has settled.
 """
@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import tensorboard as tb
+from . import names
 from .plots import change_figure, similarity_figure, timeline_figure
 from .tracking import format_channels
 from .view import event_files
@@ -47,7 +47,7 @@ class Run:
 def load_records(path: str | os.PathLike, prefix: str = "") -> list[dict[str, Any]]:
     """The dead-filter records of one run (a directory of event files, or one file), one per step, by step;
     those of the callback with ``prefix=`` when one was given."""
-    return _records_by_prefix(path, tb.DEAD_STATE).get(prefix, [])
+    return _records_by_prefix(path, names.DEAD_STATE).get(prefix, [])
 
 
 def _records_by_prefix(path: str | os.PathLike, *kinds: str) -> dict[str, list[dict[str, Any]]]:
@@ -70,8 +70,8 @@ def _records_by_prefix(path: str | os.PathLike, *kinds: str) -> dict[str, list[d
 
 
 def _file_records_by_prefix(folder: Path, *kinds: str) -> dict[str, list[dict[str, Any]]]:
-    """As :func:`_records_by_prefix`, from the record files in ``folder`` (``fm_callback_records``, loggers.py): a
-    W&B run's files, an MLflow run's artifacts."""
+    """As :func:`_records_by_prefix`, from the record files in ``folder`` (``fm_callback_records``, see
+    ``names.record_file``): a W&B run's files, an MLflow run's artifacts."""
     found = []
     for file in sorted(folder.rglob("*.json")):
         try:
@@ -103,22 +103,22 @@ def load_runs(logdir: str | os.PathLike) -> list[Run]:
     if not root.exists():
         raise ReportError(f"LOGDIR {str(root)!r} does not exist; pass the directory your TensorBoardLogger writes to")
     dirs = [root] if root.is_file() else sorted({file.parent for file in event_files(root)})
-    record_dirs = [] if root.is_file() else sorted(p for p in root.rglob(tb.RECORDS) if p.is_dir())
-    if root.is_dir() and root.name == tb.RECORDS:
+    record_dirs = [] if root.is_file() else sorted(p for p in root.rglob(names.RECORDS) if p.is_dir())
+    if root.is_dir() and root.name == names.RECORDS:
         record_dirs = [root]
     if not dirs and not record_dirs:
         raise ReportError(
-            f"no TensorBoard event files and no {tb.RECORDS} folder (W&B, MLflow) under {str(root)!r}; is this the "
+            f"no TensorBoard event files and no {names.RECORDS} folder (W&B, MLflow) under {str(root)!r}; is this the "
             "right log directory?"
         )
     sources = [(path, path, _records_by_prefix) for path in dirs]
     sources += [(folder.parent, folder, _file_records_by_prefix) for folder in record_dirs]
     runs, seen = [], {}  # the event-file folders by their records
     for path, where, read in sources:
-        for prefix, found in read(where, tb.DEAD_STATE, tb.SIMILARITY_STATE, tb.EXAMPLES_STATE).items():
-            records = [r for r in found if r["kind"] == tb.DEAD_STATE and isinstance(r["layers"], dict)]
-            similarity = [r for r in found if r["kind"] == tb.SIMILARITY_STATE and isinstance(r.get("cka"), list)]
-            examples = [r for r in found if r["kind"] == tb.EXAMPLES_STATE and isinstance(r["layers"], dict)]
+        for prefix, found in read(where, names.DEAD_STATE, names.SIMILARITY_STATE, names.EXAMPLES_STATE).items():
+            records = [r for r in found if r["kind"] == names.DEAD_STATE and isinstance(r["layers"], dict)]
+            similarity = [r for r in found if r["kind"] == names.SIMILARITY_STATE and isinstance(r.get("cka"), list)]
+            examples = [r for r in found if r["kind"] == names.EXAMPLES_STATE and isinstance(r["layers"], dict)]
             same = json.dumps([prefix, records])
             if where is path:
                 seen.setdefault(same, []).append(path)
@@ -131,7 +131,7 @@ def load_runs(logdir: str | os.PathLike) -> list[Run]:
     if not runs:
         raise ReportError(
             f"{len(dirs) + len(record_dirs)} run(s) with event or record files under {str(root)!r}, but none holds "
-            f"fm_callback data (tag {tb.DEAD_STATE!r}). Was FeatureMapCallback attached to the Trainer, with a "
+            f"fm_callback data (tag {names.DEAD_STATE!r}). Was FeatureMapCallback attached to the Trainer, with a "
             "logger, and did at least one probe event run?"
         )
     return runs
@@ -145,7 +145,7 @@ def summarize(run: Run, settled_below: float = SETTLED_BELOW, settled_events: in
     for name in dict.fromkeys(name for record in records for name in record["layers"]):
         at = [record["layers"].get(name) for record in records]
         now = at[-1] or {"channels": None, "dead": [], "persistent": [], "never_positive": []}
-        change = [record.get(tb.LAYER_CHANGE, {}).get(name) for record in records]
+        change = [record.get(names.LAYER_CHANGE, {}).get(name) for record in records]
         last = change[-settled_events:]
         layers.append(
             {
@@ -159,7 +159,9 @@ def summarize(run: Run, settled_below: float = SETTLED_BELOW, settled_events: in
                 # still varying and not silenced: no ReLU right after (logits), or a BatchNorm shifts it first
                 "never_positive_alive": sorted(set(now["never_positive"]) - set(now["dead"])),
                 "layer_change": change,  # 1 - CKA against the previous event; None where not measured
-                "layer_change_from_start": [record.get(tb.LAYER_CHANGE_FROM_START, {}).get(name) for record in records],
+                "layer_change_from_start": [
+                    record.get(names.LAYER_CHANGE_FROM_START, {}).get(name) for record in records
+                ],
                 "settled": len(last) == settled_events and all(v is not None and v < settled_below for v in last),
             }
         )
@@ -280,7 +282,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     rules: dict[str, list[str]] = {}
     for layer in layers:
         rules.setdefault(layer["rule"] or "not recorded", []).append(layer["layer"])
-    rows = [(rule, f"{len(names)}: {', '.join(names)}") for rule, names in rules.items()]
+    rows = [(rule, f"{len(layers)}: {', '.join(layers)}") for rule, layers in rules.items()]
     _print_table(console, "Dead rule per layer (which rule could fire), and how many layers:", (), rows)
     title = f"Dead at the last event (step {last['step']}, epoch {last['epoch']}):"
     constant_only = sum(layer["silencing"] is False for layer in layers)

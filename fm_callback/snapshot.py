@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .models import SnapshotError, load_model
-from .probe import FeatureMapProbe, ProbeResult
+from .probe import FeatureMapProbe
+from .results import ProbeResult
 from .select import select_layers
 from .snapshot_examples import folder_images, write_examples
 from .tensorboard import FEATURE_MAPS, OVERLAYS, layer_tag

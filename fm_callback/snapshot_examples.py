@@ -16,7 +16,8 @@ import torch
 
 from .example_pictures import draw_examples
 from .models import SnapshotError
-from .probe import FeatureMapProbe, ProbeResult
+from .probe import FeatureMapProbe
+from .results import ProbeResult
 from .tensorboard import FEATURE_EXAMPLES, layer_tag
 from .top_examples import ExampleScanner, examples_record
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from . import similarity
-from .probe import ProbeResult
+from .results import ProbeResult
 
 RECORD_VERSION = 1
 MAX_HISTORY = 512  # events kept per history; past it, every other older event is dropped (the span stays whole)

@@ -18,9 +18,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fm_callback import FeatureMapCallback, FeatureMapProbe, marks
+from fm_callback import FeatureMapCallback, FeatureMapProbe, marks, names
 from fm_callback import render as R
-from fm_callback import tensorboard as tb
 from fm_callback.tracking import DeadFilterTracker
 
 WIDTH = 12
@@ -139,7 +138,7 @@ def test_silu_and_gelu_nets_do_not_report_a_reassuring_zero(act):
     assert result["conv"].rule == f"constant only ({name} cannot silence)"
     assert result["se_expand"].rule == "constant only (sigmoid gate)"
     assert result["out"].rule == "constant only (no activation follows)"
-    metrics = tb.scalar_metrics(result)
+    metrics = names.scalar_metrics(result)
     assert "dead_filters/conv" in metrics and "dead_filters/all" in metrics  # a constant channel is dead anywhere
     assert not [m for m in metrics if m.startswith("dying_filters/")]  # no ReLU: the rule cannot fire, no 0 logged
     assert "never_positive/conv" in metrics and metrics["never_positive/conv"] == pytest.approx(1 / 8)

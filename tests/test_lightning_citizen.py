@@ -27,8 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fm_callback import FeatureMapCallback, FeatureMapProbe, background
-from fm_callback import tensorboard as tb
+from fm_callback import FeatureMapCallback, FeatureMapProbe, background, names
 from fm_callback.report import load_runs
 from fm_callback.stats import channel_stats
 
@@ -41,7 +40,7 @@ def loaders(val_seed: int = 1) -> tuple[DataLoader, DataLoader]:
     return train, DataLoader(tiny_dataset(8, seed=val_seed), batch_size=8)
 
 
-def record_steps(logdir: Path, tag: str = tb.DEAD_STATE) -> list[int]:
+def record_steps(logdir: Path, tag: str = names.DEAD_STATE) -> list[int]:
     """Steps of the machine-readable dead-filter records (``fm-callback report`` reads them) under ``logdir``."""
     steps = []
     for path in event_files(logdir):
@@ -355,7 +354,7 @@ def test_two_callbacks_with_prefixes_stay_apart(tmp_path):
         assert events.steps("scalars", f"{prefix}/dead_filters/all") == [0, 4]
         assert events.steps("histograms", f"{prefix}/channel_mean/conv1") == [0, 4]
         assert f"{prefix}/dead_filters/all" in trainer.callback_metrics
-        assert record_steps(trainer.logger.log_dir, f"{prefix}/{tb.DEAD_STATE}") == [0, 4]
+        assert record_steps(trainer.logger.log_dir, f"{prefix}/{names.DEAD_STATE}") == [0, 4]
     # each with its own settings: b shows one probe sample (one row per band), a shows four
     assert events.images["a/feature_maps/conv1"][0].height > events.images["b/feature_maps/conv1"][0].height
     assert not [tag for kind in ("images", "scalars", "histograms") for tag in events.tags(kind, "feature_maps")]

@@ -15,8 +15,8 @@ from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from mlflow_server import MlflowServer
 
 from fm_callback import FeatureMapCallback
-from fm_callback import tensorboard as tb
-from fm_callback.loggers import mlflow_key
+from fm_callback import names as tb
+from fm_callback.mlflow_writer import mlflow_key
 from fm_callback.report import load_runs
 
 EPOCHS = 2

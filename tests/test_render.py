@@ -25,7 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from fm_callback import FeatureMapCallback, FeatureMapProbe, marks
 from fm_callback import render as R
-from fm_callback.tensorboard import add_png
+from fm_callback.tensorboard_writer import add_png
 
 INK = (R.BACKGROUND + R.HEADER_INK) // 2  # a header pixel brighter than this is part of a digit
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.tensorboard import SummaryWriter
 
 from fm_callback import FeatureMapCallback
-from fm_callback import tensorboard as tb
+from fm_callback import tensorboard_writer as tb
 from fm_callback.cli import main
 from fm_callback.plots import timeline_figure, timeline_image
 

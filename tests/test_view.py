@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from fm_callback import FeatureMapProbe
 from fm_callback.cli import main
-from fm_callback.tensorboard import write_result
+from fm_callback.tensorboard_writer import write_result
 
 EVENTS = 13  # more than the 10 steps per image tag TensorBoard keeps by default
 

@@ -257,7 +257,9 @@ class ActivationLineage(TorchFunctionMode):
                 continue  # a 1x1 map of a few samples: silence there is a selective channel as often as a dead one
             if dim not in counted:
                 dims = [d for d in range(output.dim()) if d != dim]
-                counted[dim] = torch.count_nonzero(output, dim=dims).float().div_(output.numel() // channels)
+                # NaN counts as firing; an int32 sum: about 4x faster on a CPU than count_nonzero (int64)
+                nonzero = (output != 0).sum(dim=dims, dtype=torch.int32)
+                counted[dim] = nonzero.float().div_(output.numel() // channels)
             firing = counted[dim]
             shown, silent = firing, firing == 0
             if gate is not None:  # after an uncalibrated BatchNorm: neutral for the max and the AND below

@@ -74,13 +74,14 @@ def channel_stats(
     mean = total / count
     centre = mean.float()
     var = _centred_squares(x, centre, dims) / count - (mean - centre.double()).square()  # around the centre used
-    zeros = (x == 0).sum(dim=dims, dtype=torch.int32)  # int32: several times faster than count_nonzero's int64
+    zeros = count - _nonzero_counts(x, dims)
     nonfinite = torch.zeros(x.shape[1], dtype=torch.int64, device=x.device)
     if careful and not bool((torch.isfinite(cmin) & torch.isfinite(cmax) & torch.isfinite(var)).all()):
         # NaN/Inf values, or finite ones so large (|x| above ~1.8e19) that their float32 squares overflow:
         # count NaN/Inf, and take the finite part's statistics in float64.
         bad = ~torch.isfinite(x)
         nonfinite = bad.sum(dim=dims)
+        zeros = (x == 0).sum(dim=dims)  # the NaN values left the fast count NaN
         cmin = x.masked_fill(bad, float("inf")).amin(dim=dims)
         cmax = x.masked_fill(bad, float("-inf")).amax(dim=dims)
         clean = x.masked_fill(bad, 0.0).double()
@@ -101,14 +102,30 @@ def channel_stats(
     )
 
 
+def _nonzero_counts(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """Per channel, how many values are not 0, as float32 ``[C]``; a NaN counts as 0 here (the careful pass
+    recounts).
+
+    The sum of ``|sign(x)|``: on a CPU about 2.5x faster than summing ``x == 0`` (whose bools are converted to an
+    integer type first). Float32 counts are exact to 2**24 values per channel, and a count of 0 always is.
+    """
+    counts = [torch.sign(block).abs_().sum(dim=dims) for block in _blocks(x)]
+    return counts[0] if len(counts) == 1 else torch.cat(counts)
+
+
 def _centred_squares(x: torch.Tensor, centre: torch.Tensor, dims: list[int]) -> torch.Tensor:
     """Per channel, the sum of squares of ``x - centre`` (float64 ``[C]``): the variance without cancellation,
-    whatever the mean. Blocks of channels bound the temporary to ``_BLOCK_VALUES`` values."""
-    per_channel = x.numel() // x.shape[1]
-    width = max(1, _BLOCK_VALUES // max(1, per_channel))
+    whatever the mean."""
     shape = [1, -1, *[1] * (x.dim() - 2)]
+    blocks = _blocks(x)
+    parts = centre.split(blocks[0].shape[1])
     squares = [
-        torch.linalg.vector_norm(block - part.view(shape), dim=dims).double().square()
-        for block, part in zip(x.split(width, dim=1), centre.split(width), strict=True)
+        (block - part.view(shape)).square_().sum(dim=dims).double() for block, part in zip(blocks, parts, strict=True)
     ]
     return squares[0] if len(squares) == 1 else torch.cat(squares)
+
+
+def _blocks(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``x`` in blocks of whole channels, so that a temporary made of one holds ``_BLOCK_VALUES`` values at most."""
+    per_channel = x.numel() // max(1, x.shape[1])
+    return x.split(max(1, _BLOCK_VALUES // max(1, per_channel)), dim=1)

@@ -60,6 +60,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # a fresh clone runs without installing the package
 
+from results_json import save_results  # noqa: E402
+
 from fm_callback import FeatureMapProbe, background  # noqa: E402
 from fm_callback import tensorboard_writer as tb  # noqa: E402
 from fm_callback.select import select_layers  # noqa: E402
@@ -579,12 +581,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results.append(bench_model(args, name, device))
     report = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "results": results}
     print(tables(results))
-    path = args.json or ROOT / "benchmarks" / "results" / (
-        "bench_event_quick.json" if args.quick else "bench_event.json"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nresults written to {path}", file=sys.stderr)
+    save_results(report, args.json, "bench_event", args.quick)
     return report
 
 

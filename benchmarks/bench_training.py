@@ -13,7 +13,6 @@ counts the forward hooks on the model before every training step: there must be 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from results_json import save_results  # noqa: E402
 from shapes import MEAN, STD, ShapesCNN, ShapesDataModule  # noqa: E402
 
 from fm_callback import FeatureMapCallback  # noqa: E402
@@ -149,12 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "|".join("---" for _ in COLUMNS) + "|")
     print("| " + " | ".join(row) + " |")
-    path = args.json or ROOT / "benchmarks" / "results" / (
-        "bench_training_quick.json" if args.quick else "bench_training.json"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nresults written to {path}", file=sys.stderr)
+    save_results(result, args.json, "bench_training", args.quick)
     return result
 
 

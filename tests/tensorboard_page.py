@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,28 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from local_server import LocalServer, free_port
+
 from fm_callback.view import HOST, KEEP_ALL, tensorboard_flags
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(start: int = 6006, tries: int = 50) -> int:
-    """The first free port from ``start`` on, else one the OS picks."""
-    for port in range(start, start + tries):
-        if port_is_free(port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str, timeout: float = 10.0) -> Any:
@@ -52,16 +34,16 @@ def get_json(url: str, timeout: float = 10.0) -> Any:
         return json.loads(response.read().decode())
 
 
-class TensorBoardServer:
+class TensorBoardServer(LocalServer):
     """A real TensorBoard in a child process on 127.0.0.1, keeping ``samples`` steps per image/text tag
     (``None``: TensorBoard's default of 10). Use as a context manager, or call :meth:`start` and :meth:`stop`."""
 
+    name = "TensorBoard"
+
     def __init__(self, logdir: str | Path, port: int | None = None, samples: int | None = KEEP_ALL) -> None:
+        super().__init__(port if port is not None else free_port())
         self.logdir = Path(logdir)
-        self.port = port if port is not None else free_port()
         self.samples = samples
-        self.process: subprocess.Popen | None = None
-        self._log = tempfile.TemporaryFile()
 
     @property
     def url(self) -> str:
@@ -72,20 +54,9 @@ class TensorBoardServer:
         flags = tensorboard_flags(self.logdir, self.port, self.samples)
         return [sys.executable, "-m", "tensorboard.main", *flags, "--reload_interval", "2"]
 
-    def start(self, timeout: float = 60.0) -> TensorBoardServer:
-        """Start TensorBoard and wait until it answers HTTP."""
-        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"TensorBoard exited with status {self.process.returncode}:\n{self.output()}")
-            try:
-                get_json(self.url + "data/logdir", timeout=2)
-                return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-                time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"TensorBoard did not answer on {self.url} within {timeout:.0f} s:\n{self.output()}")
+    def answers(self) -> bool:
+        get_json(self.url + "data/logdir", timeout=2)
+        return True
 
     def image_steps(self) -> dict[str, dict[str, list[int]]]:
         """``{run: {tag: [steps]}}`` of every image tag, as TensorBoard serves them now."""
@@ -108,27 +79,6 @@ class TensorBoardServer:
             last = now
             time.sleep(settle)
         raise RuntimeError(f"TensorBoard was still loading {self.logdir} after {timeout:.0f} s")
-
-    def output(self) -> str:
-        """What TensorBoard printed so far."""
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> TensorBoardServer:
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-        self._log.close()
 
 
 def find_chromium() -> str | None:

@@ -8,46 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_event import MEMORY_COLUMNS as EVENT_MEMORY_COLUMNS
+from bench_event import TIME_COLUMNS as EVENT_TIME_COLUMNS
+from bench_training import COLUMNS as TRAINING_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
-
-EVENT_TIME_COLUMNS = [
-    "model",
-    "input",
-    "layers",
-    "bare forward (ms)",
-    "event (ms)",
-    "event / bare",
-    "event, own outputs / bare",
-    "stats only / bare",
-    "event, no similarity (ms)",
-    "event / event, no similarity",
-    "event+TB (ms)",
-    "event+TB / bare",
-    "tutorial (ms)",
-    "tutorial / bare",
-]
-EVENT_MEMORY_COLUMNS = [
-    "model",
-    "largest activation (MB)",
-    "event extra peak (MB)",
-    "event / largest",
-    "event+TB extra peak (MB)",
-    "tutorial extra peak (MB)",
-    "tutorial / largest",
-    "event file (bytes/event)",
-    "hooks left after event",
-]
-TRAINING_COLUMNS = [
-    "fit",
-    "epochs",
-    "events",
-    "without callback (s)",
-    "with callback (s)",
-    "overhead (medians)",
-    "overhead (paired median)",
-    "hooks between events",
-]
 
 
 def run_script(script: str, *args: str) -> str:

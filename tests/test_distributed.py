@@ -88,6 +88,22 @@ class Report(pl.Callback):
         )
 
 
+def two_process_trainer(tmp_path: Path, strategy: str, callbacks: list, **options) -> pl.Trainer:
+    """Two CPU processes for two epochs, logging to TensorBoard under ``tmp_path/tb``."""
+    return pl.Trainer(
+        strategy=strategy,
+        accelerator="cpu",
+        devices=2,
+        max_epochs=2,
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **options,
+    )
+
+
 def _images_per_step(logdir: Path, prefix: str) -> dict[str, list[int]]:
     files = sorted(logdir.rglob("events.out.tfevents.*"))
     steps: dict[str, list[int]] = {}
@@ -106,18 +122,7 @@ def test_ddp_two_cpu_processes(tmp_path, strategy):
     try:
         fm = FeatureMapCallback(every_n_steps=2, probe_size=4)
         pickle.dumps(fm)  # picklable before a fit (ddp_spawn pickles it too)
-        trainer = pl.Trainer(
-            strategy=strategy,
-            accelerator="cpu",
-            devices=2,
-            max_epochs=2,
-            logger=TensorBoardLogger(tmp_path, name="tb"),
-            callbacks=[fm, Report(fm, str(tmp_path))],
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            log_every_n_steps=1,
-        )
+        trainer = two_process_trainer(tmp_path, strategy, [fm, Report(fm, str(tmp_path))], log_every_n_steps=1)
         loader = DataLoader(RankDataset(), batch_size=4, shuffle=True)
         trainer.fit(CountingNet(), loader)
     finally:
@@ -276,17 +281,7 @@ def test_ddp_examples_pass_runs_on_every_rank_over_rank_0s_pool(tmp_path):
     faulthandler.dump_traceback_later(300, exit=True)
     try:
         fm = FeatureMapCallback(every_n_steps=2, probe_size=4, examples=2, examples_pool=8)
-        trainer = pl.Trainer(
-            strategy="ddp_fork",
-            accelerator="cpu",
-            devices=2,
-            max_epochs=2,
-            logger=TensorBoardLogger(tmp_path, name="tb"),
-            callbacks=[fm, ExamplesReport(fm, str(tmp_path))],
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-        )
+        trainer = two_process_trainer(tmp_path, "ddp_fork", [fm, ExamplesReport(fm, str(tmp_path))])
         trainer.fit(CountingNet(), DataLoader(RankDataset(), batch_size=4, shuffle=True))
     finally:
         faulthandler.cancel_dump_traceback_later()

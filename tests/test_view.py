@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TinyCNN
-from tensorboard_page import TensorBoardServer, free_port, port_is_free
+from local_server import free_port, port_is_free
+from tensorboard_page import TensorBoardServer
 from torch.utils.tensorboard import SummaryWriter
 
 from fm_callback import FeatureMapProbe

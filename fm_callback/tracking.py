@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from . import similarity
+from .channel_lists import format_channels
 from .results import ProbeResult
 
 RECORD_VERSION = 1
@@ -265,22 +266,6 @@ def thinned(history: list[dict[str, Any]], limit: int = MAX_HISTORY) -> list[dic
     if len(history) <= limit:
         return history
     return [*history[:-1:2], history[-1]]
-
-
-def format_channels(channels: list[int]) -> str:
-    """``0, 2-5, 9`` for [0, 2, 3, 4, 5, 9]: runs of three or more become ranges; ``-`` for none."""
-    if not channels:
-        return "-"
-    parts: list[str] = []
-    start = prev = channels[0]
-    for c in [*channels[1:], None]:
-        if c is not None and c == prev + 1:
-            prev = c
-            continue
-        parts.append(f"{start}-{prev}" if prev - start >= 2 else ", ".join(map(str, range(start, prev + 1))))
-        if c is not None:
-            start = prev = c
-    return ", ".join(parts)
 
 
 def _plural(channels: list[int]) -> str:

@@ -13,15 +13,12 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from .read_records import event_files
+
 HOST = "127.0.0.1"
 # Steps kept per image/text tag. Not TensorBoard's 0 ("keep all"): its Images plugin then asks the data provider
 # to downsample every series to 0 points and serves no image at all (TensorBoard 2.21).
 KEEP_ALL = 100_000
-
-
-def event_files(logdir: str | Path) -> list[Path]:
-    """Every TensorBoard event file under ``logdir``, searched recursively."""
-    return sorted(p for p in Path(logdir).rglob("events.out.tfevents.*") if p.is_file())
 
 
 def tensorboard_flags(logdir: str | Path, port: int | None = None, samples: int | None = KEEP_ALL) -> list[str]:

@@ -48,9 +48,11 @@ def _models() -> dict:
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, net: torch.nn.Module) -> None:
+    """``net`` with a cross-entropy training step by SGD; ``net.<name>`` are the layer keys."""
+
+    def __init__(self, net: torch.nn.Module, lr: float = 0.05, momentum: float = 0.9) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.lr, self.momentum = net, lr, momentum
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -60,7 +62,7 @@ class Classifier(pl.LightningModule):
         return F.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
 
 
 def measure(name: str, make, root: Path) -> dict:

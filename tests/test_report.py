@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from architectures import Classifier
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.colors import to_rgb
 from PIL import Image
@@ -154,24 +155,6 @@ class Stage(nn.Module):
         return F.relu(self.pointwise_projection_conv(F.relu(self.depthwise_separable_conv(x))))
 
 
-class Classifier(pl.LightningModule):
-    """``net`` with a cross-entropy training step; ``net.<name>`` are the layer keys."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
 class LongNames(nn.Module):
     """Layer keys of 47-48 characters under ``net.``; filter 2 of the first conv zeroed: it stays dead, since the
     ReLU after it passes no gradient back."""
@@ -200,7 +183,7 @@ def fit(root: Path, name: str, net: nn.Module, size: int, steps: int, **callback
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    model = Classifier(net)
+    model = Classifier(net, lr=0.01, momentum=0.0)
     trainer.fit(model, DataLoader(data, batch_size=2))
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 

@@ -13,6 +13,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from . import names
+from .dead import DEFAULT_ATOL, DEFAULT_PATIENCE, DEFAULT_RTOL
 from .examples_pass import ExamplesPass
 from .fit_notes import say_at_fit_start, warn_on_rank
 from .layout import check_layouts
@@ -23,7 +24,6 @@ from .render import colormap_lut
 from .results import ProbeResult
 from .schedule import check_positive, check_schedule, logger_step
 from .select import LayerSpec
-from .stats import DEFAULT_ATOL, DEFAULT_RTOL
 from .tracking import ChangeTracker, DeadFilterTracker
 from .writer import EventWriter
 
@@ -90,7 +90,7 @@ class FeatureMapCallback(pl.Callback):
         cmap: str = "viridis",
         atol: float = DEFAULT_ATOL,
         rtol: float = DEFAULT_RTOL,
-        dead_patience: int = 3,
+        dead_patience: int = DEFAULT_PATIENCE,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         overlay: bool = True,

@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from . import handover, render, similarity
-from .activations import GATE, RELU, SILENCING_MODULES, ActivationLineage, batchnorm_calibration, outside_lineage
+from .activations import ActivationLineage, batchnorm_calibration, outside_lineage
+from .dead import DEFAULT_ATOL, DEFAULT_RTOL, GATE, RELU, is_silenced, module_silences
 from .layout import check_layouts, given_layout, recognise
 from .marks import mark_codes, marks_of
 from .passes import check_input, first_tensor, forward, model_device, probing, to_device
 from .results import LayerReport, ProbeResult
 from .select import LayerSpec, select_layers, unwrap_compiled
-from .stats import DEFAULT_ATOL, DEFAULT_RTOL, channel_stats
+from .stats import channel_stats
 
 DEFAULT_IMAGE_LAYERS = 6
 
@@ -205,7 +206,7 @@ class FeatureMapProbe:
                     return
                 layout = recognise(name, module, tuple(tensor.shape), input_shape, given_layout(self.layouts, name))
                 view = layout.view(tensor.detach())
-                own = SILENCING_MODULES.get(type(module)) if _silences(module) else None
+                own = module_silences(module)
                 draw = picture if self.image_names is not None else view.dim() >= 3  # choosing: draw every map
                 with outside_lineage():  # the probe's own reductions are not part of the model's forward
                     reduced = self._reduce(key, view, draw, careful)
@@ -277,7 +278,7 @@ class FeatureMapProbe:
         elif layer["own"] is not None:  # a ReLU-family layer watched itself: its output is what it lets through
             report.activation_kind, report.activation = RELU, layer["own"]
             report.firing = 1.0 - report.stats.zero_fraction
-            report.silenced = report.firing == 0
+            report.silenced = is_silenced(report.firing)
         return report
 
     def _mark_codes(self, key: str, layer: dict[str, Any], lineage: ActivationLineage) -> torch.Tensor:
@@ -313,8 +314,3 @@ class FeatureMapProbe:
             reports[key] = report
         input_image = render.image_row(images) if images is not None else None
         return ProbeResult(reports, input_image)
-
-
-def _silences(module: nn.Module) -> bool:
-    """A ReLU-family module (``Hardtanh`` only with a lower bound of 0, as ``ReLU6``)."""
-    return type(module) in SILENCING_MODULES and getattr(module, "min_val", 0.0) == 0

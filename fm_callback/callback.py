@@ -13,6 +13,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from . import names
+from .arguments import check_callback
 from .dead import DEFAULT_ATOL, DEFAULT_PATIENCE, DEFAULT_RTOL
 from .examples_pass import ExamplesPass
 from .fit_notes import say_at_fit_start, warn_on_rank
@@ -20,9 +21,8 @@ from .layout import check_layouts
 from .passes import check_input
 from .probe import FeatureMapProbe
 from .probe_batch import ProbeSource, dry_run, found_normalisation, take_model_input
-from .render import colormap_lut
 from .results import ProbeResult
-from .schedule import check_positive, check_schedule, logger_step
+from .schedule import logger_step
 from .select import LayerSpec
 from .tracking import ChangeTracker, DeadFilterTracker
 from .writer import EventWriter
@@ -100,27 +100,16 @@ class FeatureMapCallback(pl.Callback):
         examples_pool: int = 256,
         layouts: dict[str, str] | None = None,
     ) -> None:
-        self.every_n_epochs, self.epochs, self.every_n_steps = check_schedule(every_n_epochs, epochs, every_n_steps)
-        for name, value in dict(
-            probe_size=probe_size,
-            max_channels=max_channels,
-            max_samples=max_samples,
-            dead_patience=dead_patience,
-            examples_pool=examples_pool,
-        ).items():
-            check_positive(name, value)
-        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
-            raise ValueError(f"FeatureMapCallback: examples must be an int >= 0 (0: none), got {examples!r}")
+        self.every_n_epochs, self.epochs, self.every_n_steps = check_callback(
+            dict(every_n_epochs=every_n_epochs, epochs=epochs, every_n_steps=every_n_steps),
+            dict(probe_size=probe_size, dead_patience=dead_patience, examples_pool=examples_pool),
+            examples,
+            dict(input_fn=input_fn, forward_fn=forward_fn),
+            cmap,
+            **dict(max_channels=max_channels, max_samples=max_samples, channel_order=channel_order),
+            **dict(atol=atol, rtol=rtol, mean=mean, std=std),
+        )
         self.examples, self.examples_pool = examples, examples_pool
-        if channel_order not in ("std", "index"):
-            raise ValueError(f"FeatureMapCallback: channel_order must be 'std' or 'index', got {channel_order!r}")
-        if atol < 0 or rtol < 0:
-            raise ValueError(f"FeatureMapCallback: atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
-        if (mean is None) != (std is None):
-            raise ValueError("FeatureMapCallback: mean and std go together: pass both or neither")
-        for name, fn in (("input_fn", input_fn), ("forward_fn", forward_fn)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"FeatureMapCallback: {name} must be callable, got {type(fn).__name__}")
         self.prefix = names.check_prefix(prefix)
         self.layers = layers
         self.image_layers = image_layers
@@ -142,7 +131,6 @@ class FeatureMapCallback(pl.Callback):
             similarity=similarity,
             layouts=check_layouts(layouts),
         )
-        colormap_lut(cmap)  # fail now, not at the first event, on an unknown colormap
         self._new_run(dead_patience)
         # Set up per fit, never pickled with a value.
         self._probe: FeatureMapProbe | None = None

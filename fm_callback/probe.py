@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import handover, render, similarity
+from . import arguments, handover, render, similarity
 from .activations import ActivationLineage, batchnorm_calibration, outside_lineage
 from .dead import DEFAULT_ATOL, DEFAULT_RTOL, GATE, RELU, is_silenced, module_silences
 from .layout import check_layouts, given_layout, recognise
@@ -78,17 +78,16 @@ class FeatureMapProbe:
         similarity: bool = True,
         layouts: dict[str, str] | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        for arg, value in (("max_channels", max_channels), ("max_samples", max_samples)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg} must be a positive int, got {value!r}")
-        if channel_order not in ("std", "index"):
-            raise ValueError(f"channel_order must be 'std' or 'index', got {channel_order!r}")
-        if atol < 0 or rtol < 0:
-            raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
-        if (mean is None) != (std is None):
-            raise ValueError("mean and std go together: pass both (the input normalisation) or neither")
+        arguments.check_probe(
+            model,
+            max_channels=max_channels,
+            max_samples=max_samples,
+            channel_order=channel_order,
+            atol=atol,
+            rtol=rtol,
+            mean=mean,
+            std=std,
+        )
         self.model = unwrap_compiled(model)
         self.layers = select_layers(self.model, layers)
         self.layouts = check_layouts(layouts)

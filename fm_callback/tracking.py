@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from . import similarity
+from .arguments import check_positive
 from .dead import DEFAULT_PATIENCE, is_persistent, next_streak
 from .results import ProbeResult
 
@@ -50,8 +51,7 @@ class DeadFilterTracker:
     """
 
     def __init__(self, patience: int = DEFAULT_PATIENCE) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"dead_patience must be a positive int, got {patience!r}")
+        check_positive("dead_patience", patience)
         self.patience = patience
         self.streak: dict[str, list[int]] = {}
         self.since: dict[str, list[list[int] | None]] = {}

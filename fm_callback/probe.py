@@ -14,23 +14,20 @@ import contextlib
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from math import prod
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import arguments, handover, render, similarity
+from . import arguments, handover, picture_layers, render, similarity
 from .activations import ActivationLineage, batchnorm_calibration, outside_lineage
-from .dead import DEFAULT_ATOL, DEFAULT_RTOL, GATE, RELU, is_silenced, module_silences
+from .dead import DEFAULT_ATOL, DEFAULT_RTOL, RELU, is_silenced, module_silences
 from .layout import check_layouts, given_layout, recognise
 from .marks import mark_codes, marks_of
 from .passes import check_input, first_tensor, forward, model_device, probing, to_device
 from .results import LayerReport, ProbeResult
 from .select import LayerSpec, select_layers, unwrap_compiled
 from .stats import channel_stats
-
-DEFAULT_IMAGE_LAYERS = 6
 
 
 class FeatureMapProbe:
@@ -91,7 +88,7 @@ class FeatureMapProbe:
         self.model = unwrap_compiled(model)
         self.layers = select_layers(self.model, layers)
         self.layouts = check_layouts(layouts)
-        self.image_names = self._image_names(image_layers)
+        self.image_names = picture_layers.asked_for(self.model, [name for name, _ in self.layers], image_layers)
         self.max_channels = max_channels
         self.max_samples = max_samples
         self.channel_order = channel_order
@@ -108,36 +105,6 @@ class FeatureMapProbe:
         self._device_constants: dict[tuple, torch.Tensor] = {}  # see _on_device
         self._relative: dict[str, bool] = {}  # per layer key: its last Gram matrix needed the relative product
         self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
-
-    def _image_names(self, image_layers: LayerSpec | Sequence[LayerSpec] | None) -> list[str] | None:
-        names = [name for name, _ in self.layers]
-        if image_layers is None:
-            return None  # chosen at the first run, from what the layers put out
-        if isinstance(image_layers, Sequence) and not isinstance(image_layers, str) and len(image_layers) == 0:
-            return []
-        chosen = [name for name, _ in select_layers(self.model, image_layers, argument="image_layers")]
-        missing = [name for name in chosen if name not in names]
-        if missing:
-            raise ValueError(
-                f"image_layers: {', '.join(missing)} not among the watched layers; add them to layers as well"
-            )
-        return chosen
-
-    def _default_image_names(self, raw: dict[str, dict[str, Any]], lineage: ActivationLineage) -> list[str]:
-        """At most ``DEFAULT_IMAGE_LAYERS`` spread over the depth of the layers with maps worth showing: more than
-        one position, and not a conv feeding a sigmoid gate (squeeze-excitation)."""
-        names = [
-            key
-            for key, layer in raw.items()
-            if "#" not in key
-            and len(layer["shape"]) >= 3
-            and prod(layer["shape"][2:]) > 1
-            and lineage.reached.get(key, ("",))[0] != GATE
-        ]
-        count = min(DEFAULT_IMAGE_LAYERS, len(names))
-        if count <= 1:
-            return names[:count]
-        return [names[i] for i in sorted({round(i * (len(names) - 1) / (count - 1)) for i in range(count)})]
 
     def run(self, x: Any) -> ProbeResult:
         """One forward of ``model(x)`` in eval mode under ``no_grad`` with hooks attached for its duration.
@@ -159,11 +126,8 @@ class FeatureMapProbe:
         """One hooked forward, handed over to the host; with default picture layers, the first chooses them."""
         raw, lineage, images = self._forward(x, careful)
         if self.image_names is None:
-            self.image_names = self._default_image_names(raw, lineage)
-            for key, layer in raw.items():
-                if key.split("#")[0] not in self.image_names:
-                    for drawn in ("grid", "channels", "energy"):
-                        layer.pop(drawn, None)
+            self.image_names = picture_layers.default_choice(raw, lineage.reached)
+            picture_layers.keep_chosen(raw, self.image_names)
         for key, reached in lineage.reached.items():
             raw[key]["reached"] = reached  # Python values: they travel as they are
         for key, layer in raw.items():

@@ -1,9 +1,9 @@
-"""The Lightning adapter: schedule, probe batch, ranks, precision, state, logging."""
+"""The Lightning adapter: its hooks run the probe at scheduled steps on every rank, in the trainer's precision, and
+hand what it found to the loggers (its arguments are checked in ``arguments.py``, its checkpoint state is
+``run_state.py``, the schedule ``schedule.py``)."""
 
 from __future__ import annotations
 
-import copy
-import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,22 +15,19 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from . import names
 from .arguments import check_callback
 from .dead import DEFAULT_ATOL, DEFAULT_PATIENCE, DEFAULT_RTOL
-from .examples_pass import ExamplesPass
 from .fit_notes import say_at_fit_start, warn_on_rank
 from .layout import check_layouts
 from .passes import check_input
 from .probe import FeatureMapProbe
 from .probe_batch import ProbeSource, dry_run, found_normalisation, take_model_input
 from .results import ProbeResult
+from .run_state import RunState
 from .schedule import logger_step
 from .select import LayerSpec
-from .tracking import ChangeTracker, DeadFilterTracker
 from .writer import EventWriter
 
-STATE_VERSION = 2  # 1: no version key; 2: histories bounded (tracking.MAX_HISTORY), returned as copies
 
-
-class FeatureMapCallback(pl.Callback):
+class FeatureMapCallback(RunState, pl.Callback):
     """Logs per-layer feature-map grids and dead-filter statistics to TensorBoard at set epochs or steps.
 
     Args:
@@ -136,30 +133,6 @@ class FeatureMapCallback(pl.Callback):
         self._probe: FeatureMapProbe | None = None
         self._writer: EventWriter | None = None
 
-    def _new_run(self, dead_patience: int) -> None:
-        """Run state: what a checkpoint keeps. It belongs to one run (a Trainer's fits, or a resumed one)."""
-        self.model_input: Any = None
-        self.pinned_channels: dict[str, list[int]] = {}
-        self.last_event_step: int | None = None
-        self.tracker = DeadFilterTracker(dead_patience)
-        self.changes = ChangeTracker()
-        self.examples_pass = ExamplesPass(self.examples, self.examples_pool) if self.examples else None
-        self.input_written: tuple[str, str] | None = None  # (log dir, digest) of the last probe/input written
-        self._state_of_a_fit = False  # the run state above came from a fit (not from load_state_dict, not new)
-
-    @property
-    def state_key(self) -> str:
-        key = dict(
-            layers=self.layers,
-            image_layers=self.image_layers,
-            every_n_epochs=self.every_n_epochs,
-            epochs=self.epochs,
-            every_n_steps=self.every_n_steps,
-        )
-        if self.prefix:  # only then: checkpoints of callbacks without a prefix keep their key
-            key["prefix"] = self.prefix
-        return self._generate_state_key(**key)
-
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(_probe=None, _writer=None)
@@ -177,17 +150,7 @@ class FeatureMapCallback(pl.Callback):
                 "maps and dead-filter scalars. Pass logger=TensorBoardLogger(save_dir) (or True), or remove the "
                 "callback."
             )
-        if self._state_of_a_fit:  # state given with load_state_dict is kept: a resume (ckpt_path) gives it later
-            if trainer.global_step == 0:  # a new run (a new Trainer)
-                self._new_run(self.tracker.patience)
-            else:
-                # A further fit of the same Trainer goes on counting steps, and keeps its schedule position, pinned
-                # channels, dead streaks and the probe input it wrote; its probe batch is this fit's own data.
-                self._state_of_a_fit = False
-                self.model_input = None
-                self.changes.new_batch()
-                if self.examples_pass is not None:  # and its examples pool too
-                    self.examples_pass.load_state_dict({})
+        self._next_fit(trainer.global_step)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled(trainer):
@@ -302,19 +265,6 @@ class FeatureMapCallback(pl.Callback):
         record.update(changes)  # read back by `fm-callback report` (the change heatmap, the settled layers)
         return metrics, (table, record)
 
-    def _input_changed(self, result: ProbeResult) -> bool:
-        """Whether ``probe/input`` is due: not yet written into this log dir, or a different picture from the last.
-
-        The probe batch is the same at every event of a run, so its picture is written once, not per event.
-        """
-        if result.input_image is None:
-            return False
-        written = (self._writer.log_dir, hashlib.sha1(result.input_image.numpy().tobytes()).hexdigest())
-        if written == self.input_written:
-            return False
-        self.input_written = written
-        return True
-
     # ---- end ---------------------------------------------------------------------------------------------
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -336,40 +286,6 @@ class FeatureMapCallback(pl.Callback):
         writer, self._writer, self._probe = self._writer, None, None
         if writer is not None:
             writer.close()
-
-    # ---- checkpoint state --------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """The run state, copied (a checkpoint does not change as training goes on) and bounded in size."""
-        return {
-            "version": STATE_VERSION,
-            "model_input": copy.deepcopy(self.model_input),
-            "pinned_channels": copy.deepcopy(self.pinned_channels),
-            "last_event_step": self.last_event_step,
-            "tracker": self.tracker.state_dict(),
-            "input_written": self.input_written,
-            **self.changes.state_dict(),  # first_grams, previous_grams, change_history
-            **(self.examples_pass.state_dict() if self.examples_pass is not None else {}),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """A checkpoint of this version or an earlier one (version 1 had no ``version`` key)."""
-        version = state_dict.get("version", 1)
-        if version > STATE_VERSION:
-            rank_zero_warn(
-                f"fm_callback: the checkpoint's callback state is version {version}, newer than this fm_callback "
-                f"reads ({STATE_VERSION}); loading what it knows. Upgrade fm_callback to keep all of it."
-            )
-        self._state_of_a_fit = False
-        self.model_input = copy.deepcopy(state_dict.get("model_input"))
-        self.pinned_channels = copy.deepcopy(dict(state_dict.get("pinned_channels", {})))
-        self.last_event_step = state_dict.get("last_event_step")
-        self.tracker.load_state_dict(state_dict.get("tracker", {}))
-        written = state_dict.get("input_written")
-        self.input_written = tuple(written) if written is not None else None
-        self.changes.load_state_dict(state_dict)
-        if self.examples_pass is not None:
-            self.examples_pass.load_state_dict(state_dict)
 
 
 def _described(err: BaseException) -> str:

@@ -22,7 +22,7 @@ from .probe import FeatureMapProbe
 from .probe_batch import ProbeSource, dry_run, found_normalisation, take_model_input
 from .results import ProbeResult
 from .run_state import RunState
-from .schedule import logger_step
+from .schedule import due_after_batch, due_at_epoch_end, logger_step
 from .select import LayerSpec
 from .writer import EventWriter
 
@@ -194,25 +194,14 @@ class FeatureMapCallback(RunState, pl.Callback):
         if self._disabled(trainer):
             return
         step = logger_step(trainer, batch_ended=True)
-        if self.every_n_steps is not None:
-            due = step > 0 and step % self.every_n_steps == 0
-        else:
-            # An epoch's event comes after its last batch, before the epoch-end validation: a checkpoint saved at
-            # validation end (val_check_interval < 1, check_val_every_n_epoch > 1) then holds it, and a run
-            # resumed from there, which replays on_train_epoch_end, does not log that step again. EarlyStopping
-            # and ModelCheckpoint see this event's scalars wherever they are in the callback list.
-            is_last = getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False)
-            due = is_last and self._epoch_due(trainer.current_epoch)
-        if due:
+        if due_after_batch(trainer, step, self.every_n_epochs, self.epochs, self.every_n_steps):
             self._event(trainer, step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # An epoch cut short (max_steps, a stop request) had no last batch: its event comes here.
-        if self.every_n_steps is None and not self._disabled(trainer) and self._epoch_due(trainer.current_epoch):
+        if not self._disabled(trainer) and due_at_epoch_end(
+            trainer, self.every_n_epochs, self.epochs, self.every_n_steps
+        ):
             self._event(trainer, logger_step(trainer))
-
-    def _epoch_due(self, epoch: int) -> bool:
-        return epoch in self.epochs if self.epochs is not None else (epoch + 1) % self.every_n_epochs == 0
 
     def _event(self, trainer: pl.Trainer, step: int, result: ProbeResult | None = None) -> None:
         """One probe event at ``step`` (the x-axis of ``self.log``), on every rank; ``result``: its probe, already run.

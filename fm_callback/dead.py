@@ -8,7 +8,7 @@ A channel of a watched layer (a filter's output) is judged on the probe batch, a
   :data:`MIN_VALUES` values or more);
 - **dead** (:func:`is_dead`): constant, or silenced;
 - **dying** (:func:`is_dying`): fires on at most :data:`DYING_FIRING` of the positions, dead ones included, where a
-  ReLU-family activation follows (:func:`can_silence`); elsewhere nothing but a dead channel sits at 0, so the dead;
+  ReLU-family activation follows (:func:`can_silence`); elsewhere (nothing else leaves a channel at 0) the dead;
 - **persistently dead** (:func:`is_persistent`, :func:`next_streak`): dead at ``patience`` consecutive events, then
   **revived** if it carries information again.
 
@@ -123,9 +123,9 @@ def is_dead(constant: torch.Tensor, silenced: torch.Tensor | None) -> torch.Tens
 def is_dying(dead: torch.Tensor, kind: str, firing: torch.Tensor | None, zero_fraction: torch.Tensor) -> torch.Tensor:
     """Channels that fire on at most :data:`DYING_FIRING` of the positions (dead ones included): the early warning.
 
-    Measured after the following ReLU-family activation (``firing``), else (a fresh BatchNorm first, or a ReLU-family
-    layer watched itself) on the layer's own output (``1 - zero_fraction``); only the ``dead`` ones where no
-    ReLU-family activation follows (nothing else leaves a channel at 0).
+    Measured after the following ReLU-family activation (``firing``), else (a fresh BatchNorm first) on the layer's
+    own output (``1 - zero_fraction``); only the ``dead`` ones where no ReLU-family activation follows (nothing else
+    leaves a channel at 0).
     """
     if not can_silence(kind):
         return dead

@@ -11,7 +11,8 @@ during the probe's forward a ``TorchFunctionMode`` watches every torch function 
 - at a ReLU-family activation (``relu``, ``relu6``, ``hardtanh`` and ``clamp`` with a lower bound of 0, as a
   module or a function: torchvision's ``nn.ReLU6`` calls ``hardtanh``) the output's non-zero values are counted per
   channel, once, on the device, and credited to every layer on the label (when a channel has at least
-  ``MIN_VALUES`` values: too few say nothing);
+  ``MIN_VALUES`` values: too few say nothing); which activations are of the family, and what the counts then say
+  (silenced, dying), is the rule's business: ``dead.py``;
 - at any other activation (GELU, SiLU, LeakyReLU, ELU, ...: they cannot silence a channel; a sigmoid or tanh gate)
   the kind of activation reached is noted for each layer on the label, and the label ends there;
 - after a BatchNorm that has not seen a training batch yet (running statistics still 0 and 1) the activation
@@ -31,29 +32,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
 from torch.overrides import TorchFunctionMode
 
-# What a layer's channels reach decides which dead rules apply (see ``LayerReport``): the kinds of activation.
-RELU = "relu"  # the ReLU family: zero below 0, so a filter can be silenced
-SMOOTH = "smooth"  # GELU, SiLU, LeakyReLU, ELU, ...: negative inputs pass (a little), nothing is silenced
-GATE = "gate"  # sigmoid, tanh, softmax: a gate or a bounded output, where negative values are normal
-NONE = "none"  # no activation on the way (logits, a residual add or a reshape first)
-# Function names (torch's overridable API: torch.*, torch.nn.functional.*, Tensor methods) that put a
-# channel to exactly zero below a threshold of 0: a channel whose output is zero everywhere is silenced.
-SILENCING = frozenset({"relu", "relu_", "relu6"})
-# The same, when their lower bound (argument 1 or the keyword) is 0.
-SILENCING_AT_ZERO = {"hardtanh": "min_val", "hardtanh_": "min_val", "clamp": "min", "clamp_": "min"}
-SILENCING_AT_ZERO |= {"clamp_min": "min", "clamp_min_": "min", "clip": "min", "clip_": "min"}
-# ReLU-family modules, for a layer that is one (``Hardtanh`` only with ``min_val=0``, as ``nn.ReLU6``).
-SILENCING_MODULES: dict[type[nn.Module], str] = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh"}
-ACTIVATIONS = {
-    **dict.fromkeys(("gelu", "silu", "silu_", "mish", "mish_", "elu", "elu_", "selu", "selu_", "celu"), SMOOTH),
-    **dict.fromkeys(("celu_", "leaky_relu", "leaky_relu_", "hardswish", "hardswish_", "softplus", "prelu"), SMOOTH),
-    **dict.fromkeys(("rrelu", "rrelu_", "hardshrink", "softshrink", "tanhshrink", "logsigmoid"), SMOOTH),
-    **dict.fromkeys(("sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "tanh", "tanh_"), GATE),
-    **dict.fromkeys(("softmax", "log_softmax", "softmin", "hardtanh", "hardtanh_"), GATE),
-}
+from .dead import MIN_VALUES, NONE, RELU, activation_kind, is_silenced
+
 # Ops whose output channel c comes from input channel c alone (or is a copy of it): the label carries over.
 CHANNEL_KEEPING = frozenset(
     {
@@ -98,29 +80,11 @@ CHANNEL_KEEPING = frozenset(
     }
 )
 
-# Fewer values per channel than this (samples x positions) are too little evidence for a verdict of silence:
-# measured on torchvision's resnet18 at 32 px, layer4's 1x1 maps left 40 of 512 healthy channels silent on 8
-# calibrated samples (and 8 on 32 samples), while 2x2 maps and larger left none.
-MIN_VALUES = 64
-
 
 def _mutates_first_argument(name: str, kwargs: dict[str, Any]) -> bool:
     """``add_``, ``x += y``, ``x[i] = v`` or ``out=``: the labelled tensor may now hold something else."""
     in_place = name.endswith("_") and not name.endswith("__")
     return in_place or name.startswith("__i") or name == "__setitem__" or "out" in kwargs
-
-
-def activation_kind(name: str, args: tuple, kwargs: dict[str, Any]) -> str | None:
-    """:data:`RELU`, :data:`SMOOTH` or :data:`GATE` for a call of an activation function ``name``; ``None`` for
-    anything else (a ``clamp`` whose lower bound is not 0 is no activation). Reads Python scalars only."""
-    if name in SILENCING:
-        return RELU
-    if name in SILENCING_AT_ZERO:
-        keyword = SILENCING_AT_ZERO[name]
-        bound = args[1] if len(args) > 1 else kwargs.get(keyword, -1.0 if name.startswith("hardtanh") else None)
-        if isinstance(bound, int | float) and not isinstance(bound, bool) and bound == 0:
-            return RELU
-    return ACTIVATIONS.get(name)
 
 
 def batchnorm_calibration(model: torch.nn.Module) -> dict[int, bool]:
@@ -261,7 +225,7 @@ class ActivationLineage(TorchFunctionMode):
                 nonzero = (output != 0).sum(dim=dims, dtype=torch.int32)
                 counted[dim] = nonzero.float().div_(output.numel() // channels)
             firing = counted[dim]
-            shown, silent = firing, firing == 0
+            shown, silent = firing, is_silenced(firing)
             if gate is not None:  # after an uncalibrated BatchNorm: neutral for the max and the AND below
                 shown, silent = torch.where(gate, firing, -1.0), silent | ~gate
             if key in self.firing:

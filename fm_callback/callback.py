@@ -1,9 +1,9 @@
-"""The Lightning adapter: schedule, probe batch, ranks, precision, state, logging."""
+"""The Lightning adapter: its hooks run the probe at scheduled steps on every rank, in the trainer's precision, and
+hand what it found to the loggers (its arguments are checked in ``arguments.py``, its checkpoint state is
+``run_state.py``, the schedule ``schedule.py``)."""
 
 from __future__ import annotations
 
-import copy
-import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,24 +13,21 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from . import names
-from .examples_pass import ExamplesPass
+from .arguments import check_callback
+from .dead import DEFAULT_ATOL, DEFAULT_PATIENCE, DEFAULT_RTOL
 from .fit_notes import say_at_fit_start, warn_on_rank
 from .layout import check_layouts
 from .passes import check_input
 from .probe import FeatureMapProbe
 from .probe_batch import ProbeSource, dry_run, found_normalisation, take_model_input
-from .render import colormap_lut
 from .results import ProbeResult
-from .schedule import check_positive, check_schedule, logger_step
+from .run_state import RunState
+from .schedule import due_after_batch, due_at_epoch_end, logger_step
 from .select import LayerSpec
-from .stats import DEFAULT_ATOL, DEFAULT_RTOL
-from .tracking import ChangeTracker, DeadFilterTracker
 from .writer import EventWriter
 
-STATE_VERSION = 2  # 1: no version key; 2: histories bounded (tracking.MAX_HISTORY), returned as copies
 
-
-class FeatureMapCallback(pl.Callback):
+class FeatureMapCallback(RunState, pl.Callback):
     """Logs per-layer feature-map grids and dead-filter statistics to TensorBoard at set epochs or steps.
 
     Args:
@@ -90,7 +87,7 @@ class FeatureMapCallback(pl.Callback):
         cmap: str = "viridis",
         atol: float = DEFAULT_ATOL,
         rtol: float = DEFAULT_RTOL,
-        dead_patience: int = 3,
+        dead_patience: int = DEFAULT_PATIENCE,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         overlay: bool = True,
@@ -100,27 +97,16 @@ class FeatureMapCallback(pl.Callback):
         examples_pool: int = 256,
         layouts: dict[str, str] | None = None,
     ) -> None:
-        self.every_n_epochs, self.epochs, self.every_n_steps = check_schedule(every_n_epochs, epochs, every_n_steps)
-        for name, value in dict(
-            probe_size=probe_size,
-            max_channels=max_channels,
-            max_samples=max_samples,
-            dead_patience=dead_patience,
-            examples_pool=examples_pool,
-        ).items():
-            check_positive(name, value)
-        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
-            raise ValueError(f"FeatureMapCallback: examples must be an int >= 0 (0: none), got {examples!r}")
+        self.every_n_epochs, self.epochs, self.every_n_steps = check_callback(
+            dict(every_n_epochs=every_n_epochs, epochs=epochs, every_n_steps=every_n_steps),
+            dict(probe_size=probe_size, dead_patience=dead_patience, examples_pool=examples_pool),
+            examples,
+            dict(input_fn=input_fn, forward_fn=forward_fn),
+            cmap,
+            **dict(max_channels=max_channels, max_samples=max_samples, channel_order=channel_order),
+            **dict(atol=atol, rtol=rtol, mean=mean, std=std),
+        )
         self.examples, self.examples_pool = examples, examples_pool
-        if channel_order not in ("std", "index"):
-            raise ValueError(f"FeatureMapCallback: channel_order must be 'std' or 'index', got {channel_order!r}")
-        if atol < 0 or rtol < 0:
-            raise ValueError(f"FeatureMapCallback: atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
-        if (mean is None) != (std is None):
-            raise ValueError("FeatureMapCallback: mean and std go together: pass both or neither")
-        for name, fn in (("input_fn", input_fn), ("forward_fn", forward_fn)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"FeatureMapCallback: {name} must be callable, got {type(fn).__name__}")
         self.prefix = names.check_prefix(prefix)
         self.layers = layers
         self.image_layers = image_layers
@@ -142,35 +128,10 @@ class FeatureMapCallback(pl.Callback):
             similarity=similarity,
             layouts=check_layouts(layouts),
         )
-        colormap_lut(cmap)  # fail now, not at the first event, on an unknown colormap
         self._new_run(dead_patience)
         # Set up per fit, never pickled with a value.
         self._probe: FeatureMapProbe | None = None
         self._writer: EventWriter | None = None
-
-    def _new_run(self, dead_patience: int) -> None:
-        """Run state: what a checkpoint keeps. It belongs to one run (a Trainer's fits, or a resumed one)."""
-        self.model_input: Any = None
-        self.pinned_channels: dict[str, list[int]] = {}
-        self.last_event_step: int | None = None
-        self.tracker = DeadFilterTracker(dead_patience)
-        self.changes = ChangeTracker()
-        self.examples_pass = ExamplesPass(self.examples, self.examples_pool) if self.examples else None
-        self.input_written: tuple[str, str] | None = None  # (log dir, digest) of the last probe/input written
-        self._state_of_a_fit = False  # the run state above came from a fit (not from load_state_dict, not new)
-
-    @property
-    def state_key(self) -> str:
-        key = dict(
-            layers=self.layers,
-            image_layers=self.image_layers,
-            every_n_epochs=self.every_n_epochs,
-            epochs=self.epochs,
-            every_n_steps=self.every_n_steps,
-        )
-        if self.prefix:  # only then: checkpoints of callbacks without a prefix keep their key
-            key["prefix"] = self.prefix
-        return self._generate_state_key(**key)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -189,17 +150,7 @@ class FeatureMapCallback(pl.Callback):
                 "maps and dead-filter scalars. Pass logger=TensorBoardLogger(save_dir) (or True), or remove the "
                 "callback."
             )
-        if self._state_of_a_fit:  # state given with load_state_dict is kept: a resume (ckpt_path) gives it later
-            if trainer.global_step == 0:  # a new run (a new Trainer)
-                self._new_run(self.tracker.patience)
-            else:
-                # A further fit of the same Trainer goes on counting steps, and keeps its schedule position, pinned
-                # channels, dead streaks and the probe input it wrote; its probe batch is this fit's own data.
-                self._state_of_a_fit = False
-                self.model_input = None
-                self.changes.new_batch()
-                if self.examples_pass is not None:  # and its examples pool too
-                    self.examples_pass.load_state_dict({})
+        self._next_fit(trainer.global_step)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._disabled(trainer):
@@ -243,25 +194,14 @@ class FeatureMapCallback(pl.Callback):
         if self._disabled(trainer):
             return
         step = logger_step(trainer, batch_ended=True)
-        if self.every_n_steps is not None:
-            due = step > 0 and step % self.every_n_steps == 0
-        else:
-            # An epoch's event comes after its last batch, before the epoch-end validation: a checkpoint saved at
-            # validation end (val_check_interval < 1, check_val_every_n_epoch > 1) then holds it, and a run
-            # resumed from there, which replays on_train_epoch_end, does not log that step again. EarlyStopping
-            # and ModelCheckpoint see this event's scalars wherever they are in the callback list.
-            is_last = getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False)
-            due = is_last and self._epoch_due(trainer.current_epoch)
-        if due:
+        if due_after_batch(trainer, step, self.every_n_epochs, self.epochs, self.every_n_steps):
             self._event(trainer, step)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # An epoch cut short (max_steps, a stop request) had no last batch: its event comes here.
-        if self.every_n_steps is None and not self._disabled(trainer) and self._epoch_due(trainer.current_epoch):
+        if not self._disabled(trainer) and due_at_epoch_end(
+            trainer, self.every_n_epochs, self.epochs, self.every_n_steps
+        ):
             self._event(trainer, logger_step(trainer))
-
-    def _epoch_due(self, epoch: int) -> bool:
-        return epoch in self.epochs if self.epochs is not None else (epoch + 1) % self.every_n_epochs == 0
 
     def _event(self, trainer: pl.Trainer, step: int, result: ProbeResult | None = None) -> None:
         """One probe event at ``step`` (the x-axis of ``self.log``), on every rank; ``result``: its probe, already run.
@@ -314,19 +254,6 @@ class FeatureMapCallback(pl.Callback):
         record.update(changes)  # read back by `fm-callback report` (the change heatmap, the settled layers)
         return metrics, (table, record)
 
-    def _input_changed(self, result: ProbeResult) -> bool:
-        """Whether ``probe/input`` is due: not yet written into this log dir, or a different picture from the last.
-
-        The probe batch is the same at every event of a run, so its picture is written once, not per event.
-        """
-        if result.input_image is None:
-            return False
-        written = (self._writer.log_dir, hashlib.sha1(result.input_image.numpy().tobytes()).hexdigest())
-        if written == self.input_written:
-            return False
-        self.input_written = written
-        return True
-
     # ---- end ---------------------------------------------------------------------------------------------
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -348,40 +275,6 @@ class FeatureMapCallback(pl.Callback):
         writer, self._writer, self._probe = self._writer, None, None
         if writer is not None:
             writer.close()
-
-    # ---- checkpoint state --------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """The run state, copied (a checkpoint does not change as training goes on) and bounded in size."""
-        return {
-            "version": STATE_VERSION,
-            "model_input": copy.deepcopy(self.model_input),
-            "pinned_channels": copy.deepcopy(self.pinned_channels),
-            "last_event_step": self.last_event_step,
-            "tracker": self.tracker.state_dict(),
-            "input_written": self.input_written,
-            **self.changes.state_dict(),  # first_grams, previous_grams, change_history
-            **(self.examples_pass.state_dict() if self.examples_pass is not None else {}),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """A checkpoint of this version or an earlier one (version 1 had no ``version`` key)."""
-        version = state_dict.get("version", 1)
-        if version > STATE_VERSION:
-            rank_zero_warn(
-                f"fm_callback: the checkpoint's callback state is version {version}, newer than this fm_callback "
-                f"reads ({STATE_VERSION}); loading what it knows. Upgrade fm_callback to keep all of it."
-            )
-        self._state_of_a_fit = False
-        self.model_input = copy.deepcopy(state_dict.get("model_input"))
-        self.pinned_channels = copy.deepcopy(dict(state_dict.get("pinned_channels", {})))
-        self.last_event_step = state_dict.get("last_event_step")
-        self.tracker.load_state_dict(state_dict.get("tracker", {}))
-        written = state_dict.get("input_written")
-        self.input_written = tuple(written) if written is not None else None
-        self.changes.load_state_dict(state_dict)
-        if self.examples_pass is not None:
-            self.examples_pass.load_state_dict(state_dict)
 
 
 def _described(err: BaseException) -> str:

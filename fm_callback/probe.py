@@ -14,22 +14,20 @@ import contextlib
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from math import prod
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import handover, render, similarity
-from .activations import GATE, RELU, SILENCING_MODULES, ActivationLineage, batchnorm_calibration, outside_lineage
+from . import arguments, handover, picture_layers, render, similarity
+from .activations import ActivationLineage, batchnorm_calibration, outside_lineage
+from .dead import DEFAULT_ATOL, DEFAULT_RTOL, RELU, is_silenced, module_silences
 from .layout import check_layouts, given_layout, recognise
 from .marks import mark_codes, marks_of
 from .passes import check_input, first_tensor, forward, model_device, probing, to_device
 from .results import LayerReport, ProbeResult
 from .select import LayerSpec, select_layers, unwrap_compiled
-from .stats import DEFAULT_ATOL, DEFAULT_RTOL, channel_stats
-
-DEFAULT_IMAGE_LAYERS = 6
+from .stats import channel_stats
 
 
 class FeatureMapProbe:
@@ -77,21 +75,20 @@ class FeatureMapProbe:
         similarity: bool = True,
         layouts: dict[str, str] | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        for arg, value in (("max_channels", max_channels), ("max_samples", max_samples)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg} must be a positive int, got {value!r}")
-        if channel_order not in ("std", "index"):
-            raise ValueError(f"channel_order must be 'std' or 'index', got {channel_order!r}")
-        if atol < 0 or rtol < 0:
-            raise ValueError(f"atol and rtol must be >= 0, got atol={atol}, rtol={rtol}")
-        if (mean is None) != (std is None):
-            raise ValueError("mean and std go together: pass both (the input normalisation) or neither")
+        arguments.check_probe(
+            model,
+            max_channels=max_channels,
+            max_samples=max_samples,
+            channel_order=channel_order,
+            atol=atol,
+            rtol=rtol,
+            mean=mean,
+            std=std,
+        )
         self.model = unwrap_compiled(model)
         self.layers = select_layers(self.model, layers)
         self.layouts = check_layouts(layouts)
-        self.image_names = self._image_names(image_layers)
+        self.image_names = picture_layers.asked_for(self.model, [name for name, _ in self.layers], image_layers)
         self.max_channels = max_channels
         self.max_samples = max_samples
         self.channel_order = channel_order
@@ -108,36 +105,6 @@ class FeatureMapProbe:
         self._device_constants: dict[tuple, torch.Tensor] = {}  # see _on_device
         self._relative: dict[str, bool] = {}  # per layer key: its last Gram matrix needed the relative product
         self._warned: set[str] = set()  # layers already warned about: one warning per layer, not per event
-
-    def _image_names(self, image_layers: LayerSpec | Sequence[LayerSpec] | None) -> list[str] | None:
-        names = [name for name, _ in self.layers]
-        if image_layers is None:
-            return None  # chosen at the first run, from what the layers put out
-        if isinstance(image_layers, Sequence) and not isinstance(image_layers, str) and len(image_layers) == 0:
-            return []
-        chosen = [name for name, _ in select_layers(self.model, image_layers, argument="image_layers")]
-        missing = [name for name in chosen if name not in names]
-        if missing:
-            raise ValueError(
-                f"image_layers: {', '.join(missing)} not among the watched layers; add them to layers as well"
-            )
-        return chosen
-
-    def _default_image_names(self, raw: dict[str, dict[str, Any]], lineage: ActivationLineage) -> list[str]:
-        """At most ``DEFAULT_IMAGE_LAYERS`` spread over the depth of the layers with maps worth showing: more than
-        one position, and not a conv feeding a sigmoid gate (squeeze-excitation)."""
-        names = [
-            key
-            for key, layer in raw.items()
-            if "#" not in key
-            and len(layer["shape"]) >= 3
-            and prod(layer["shape"][2:]) > 1
-            and lineage.reached.get(key, ("",))[0] != GATE
-        ]
-        count = min(DEFAULT_IMAGE_LAYERS, len(names))
-        if count <= 1:
-            return names[:count]
-        return [names[i] for i in sorted({round(i * (len(names) - 1) / (count - 1)) for i in range(count)})]
 
     def run(self, x: Any) -> ProbeResult:
         """One forward of ``model(x)`` in eval mode under ``no_grad`` with hooks attached for its duration.
@@ -159,11 +126,8 @@ class FeatureMapProbe:
         """One hooked forward, handed over to the host; with default picture layers, the first chooses them."""
         raw, lineage, images = self._forward(x, careful)
         if self.image_names is None:
-            self.image_names = self._default_image_names(raw, lineage)
-            for key, layer in raw.items():
-                if key.split("#")[0] not in self.image_names:
-                    for drawn in ("grid", "channels", "energy"):
-                        layer.pop(drawn, None)
+            self.image_names = picture_layers.default_choice(raw, lineage.reached)
+            picture_layers.keep_chosen(raw, self.image_names)
         for key, reached in lineage.reached.items():
             raw[key]["reached"] = reached  # Python values: they travel as they are
         for key, layer in raw.items():
@@ -205,7 +169,7 @@ class FeatureMapProbe:
                     return
                 layout = recognise(name, module, tuple(tensor.shape), input_shape, given_layout(self.layouts, name))
                 view = layout.view(tensor.detach())
-                own = SILENCING_MODULES.get(type(module)) if _silences(module) else None
+                own = module_silences(module)
                 draw = picture if self.image_names is not None else view.dim() >= 3  # choosing: draw every map
                 with outside_lineage():  # the probe's own reductions are not part of the model's forward
                     reduced = self._reduce(key, view, draw, careful)
@@ -277,7 +241,7 @@ class FeatureMapProbe:
         elif layer["own"] is not None:  # a ReLU-family layer watched itself: its output is what it lets through
             report.activation_kind, report.activation = RELU, layer["own"]
             report.firing = 1.0 - report.stats.zero_fraction
-            report.silenced = report.firing == 0
+            report.silenced = is_silenced(report.firing)
         return report
 
     def _mark_codes(self, key: str, layer: dict[str, Any], lineage: ActivationLineage) -> torch.Tensor:
@@ -313,8 +277,3 @@ class FeatureMapProbe:
             reports[key] = report
         input_image = render.image_row(images) if images is not None else None
         return ProbeResult(reports, input_image)
-
-
-def _silences(module: nn.Module) -> bool:
-    """A ReLU-family module (``Hardtanh`` only with a lower bound of 0, as ``ReLU6``)."""
-    return type(module) in SILENCING_MODULES and getattr(module, "min_val", 0.0) == 0

@@ -7,10 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .activations import GATE, NONE, RELU, SMOOTH
+from .dead import NONE, RELU, SMOOTH, can_silence, is_dead, is_dying, rule_in_words
 from .stats import ChannelStats
-
-DYING_FIRING = 0.01  # a channel that fires on at most 1 % of the probe batch's positions is dying
 
 
 def share(masks: list[torch.Tensor]) -> float:
@@ -38,33 +36,25 @@ class LayerReport:
     histogram: torch.Tensor | None = None  # int64 [bins]: counts of (a sample of) the output's values over [min, max]
     layout: str = "channels_first"  # how the output was read as (N, C, *spatial): see ``layout.py``
     # The activation the channels reach first (a ReLU-family one wins), its function name, and its kind (see
-    # ``activations.py``): it decides which dead rules can fire. A ReLU-family layer watched itself reaches itself.
+    # ``dead.py``): it decides which dead rules can fire. A ReLU-family layer watched itself reaches itself.
     activation: str | None = None
     activation_kind: str = NONE
 
     @property
     def silencing(self) -> bool:
         """Whether a ReLU-family activation follows (or this is one): only then can the dying rule fire."""
-        return self.activation_kind == RELU
+        return can_silence(self.activation_kind)
 
     @property
     def rule(self) -> str:
         """Which dead rule applied, in words: ``silenced after hardtanh``, ``constant only (gelu cannot silence)``."""
-        if self.silenced is not None:
-            return f"silenced after {self.activation}"
-        if self.activation_kind == RELU:
-            return (
-                f"{self.activation}: own output"
-                if self.firing is not None
-                else f"constant ({self.activation} not counted)"
-            )
-        reason = {SMOOTH: f"{self.activation} cannot silence", GATE: f"{self.activation} gate"}
-        return f"constant only ({reason.get(self.activation_kind, 'no activation follows')})"
+        return rule_in_words(self.activation_kind, self.activation, self.silenced, self.firing)
 
     @property
     def dead(self) -> torch.Tensor:
-        """Channels that carry no information: constant here, or silenced by the activation that follows."""
-        return self.stats.dead if self.silenced is None else self.stats.dead | self.silenced
+        """Channels that carry no information: constant here, or silenced by the activation that follows
+        (``dead.is_dead``)."""
+        return is_dead(self.stats.dead, self.silenced)
 
     @property
     def dead_fraction(self) -> float:
@@ -72,15 +62,9 @@ class LayerReport:
 
     @property
     def dying(self) -> torch.Tensor:
-        """Channels that fire on at most ``DYING_FIRING`` of the positions (dead ones included): the early warning.
-
-        Measured after the following ReLU-family activation, else (a fresh BatchNorm first) on this layer's own
-        output; only the dead ones where no ReLU-family activation follows (nothing else leaves a channel at 0).
-        """
-        if not self.silencing:
-            return self.dead
-        firing = self.firing if self.firing is not None else 1.0 - self.stats.zero_fraction
-        return (firing <= DYING_FIRING) | self.dead
+        """Channels that fire on at most ``dead.DYING_FIRING`` of the positions (dead ones included): the early
+        warning (``dead.is_dying``)."""
+        return is_dying(self.dead, self.activation_kind, self.firing, self.stats.zero_fraction)
 
     @property
     def dying_fraction(self) -> float:

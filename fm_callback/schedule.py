@@ -1,40 +1,37 @@
-"""The callback's schedule, checked: at the end of every n-th training epoch, of chosen epochs, or every n steps."""
+"""The callback's schedule: an event at the end of every n-th training epoch, of chosen epochs, or every n steps,
+at the step Lightning's loggers use (the schedule's arguments are checked in ``arguments.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 
-def check_positive(name: str, value: Any) -> None:
-    """A count argument of the callback must be a positive int (``True`` is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"FeatureMapCallback: {name} must be a positive int, got {value!r}")
+def due_after_batch(
+    trainer: Any, step: int, every_n_epochs: int | None, epochs: list[int] | None, every_n_steps: int | None
+) -> bool:
+    """Whether the training batch that just ended (``on_train_batch_end``, at ``step``) brings an event: every n
+    steps, or after the last batch of a due epoch."""
+    if every_n_steps is not None:
+        return step > 0 and step % every_n_steps == 0
+    # An epoch's event comes after its last batch, before the epoch-end validation: a checkpoint saved at
+    # validation end (val_check_interval < 1, check_val_every_n_epoch > 1) then holds it, and a run
+    # resumed from there, which replays on_train_epoch_end, does not log that step again. EarlyStopping
+    # and ModelCheckpoint see this event's scalars wherever they are in the callback list.
+    is_last = getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False)
+    return is_last and epoch_due(trainer.current_epoch, every_n_epochs, epochs)
 
 
-def check_schedule(
-    every_n_epochs: int | None, epochs: Sequence[int] | None, every_n_steps: int | None
-) -> tuple[int | None, list[int] | None, int | None]:
-    """The one schedule given, checked: ``(every_n_epochs, epochs, every_n_steps)``, ``epochs`` sorted without
-    repeats; none given: every epoch."""
-    schedules = {"every_n_epochs": every_n_epochs, "epochs": epochs, "every_n_steps": every_n_steps}
-    given = [name for name, value in schedules.items() if value is not None]
-    if len(given) > 1:
-        raise ValueError(f"FeatureMapCallback: choose one schedule, got {' and '.join(given)}")
-    if not given:
-        return 1, None, None
-    if given != ["epochs"]:
-        check_positive(given[0], schedules[given[0]])
-        return every_n_epochs, None, every_n_steps
-    if isinstance(epochs, str) or not isinstance(epochs, Iterable):
-        raise ValueError(
-            f"FeatureMapCallback: epochs must be a list of epoch indices (0-based), e.g. epochs=[0, 4, 9], "
-            f"got {epochs!r}; for an event every n epochs pass every_n_epochs=n"
-        )
-    epochs = sorted(set(epochs))
-    if not epochs or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in epochs):
-        raise ValueError(f"FeatureMapCallback: epochs must be a non-empty list of ints >= 0, got {epochs!r}")
-    return None, epochs, None
+def due_at_epoch_end(
+    trainer: Any, every_n_epochs: int | None, epochs: list[int] | None, every_n_steps: int | None
+) -> bool:
+    """Whether the training epoch that just ended brings an event: one cut short (max_steps, a stop request) had no
+    last batch, so its event comes here (one that had comes once: the callback skips a step already logged)."""
+    return every_n_steps is None and epoch_due(trainer.current_epoch, every_n_epochs, epochs)
+
+
+def epoch_due(epoch: int, every_n_epochs: int | None, epochs: list[int] | None) -> bool:
+    """Whether epoch ``epoch`` (0-based) is one of ``epochs``, or else the n-th of ``every_n_epochs``."""
+    return epoch in epochs if epochs is not None else (epoch + 1) % every_n_epochs == 0
 
 
 def logger_step(trainer: Any, batch_ended: bool = False) -> int:

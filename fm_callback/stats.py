@@ -1,4 +1,4 @@
-"""Per-channel statistics of one layer output and the dead-filter rule.
+"""Per-channel statistics of one layer output (the constant-channel rule they feed is in ``dead.py``).
 
 Plain whole-tensor reductions over the batch and spatial dimensions, one per statistic, on the tensor's own
 device and in whatever memory layout it has (PyTorch picks the loop order). Only the small per-channel
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_ATOL = 1e-8
-DEFAULT_RTOL = 1e-5
+from .dead import DEFAULT_ATOL, DEFAULT_RTOL, is_constant
+
 _BLOCK_VALUES = 1 << 22  # values centred at once: a 16 MiB float32 temporary at most, never a whole large output
 
 
@@ -26,28 +26,13 @@ class ChannelStats:
     max: torch.Tensor
     zero_fraction: torch.Tensor
     nonfinite: torch.Tensor  # int64 [C]: count of NaN/Inf values
-    dead: torch.Tensor  # bool [C]
+    dead: torch.Tensor  # bool [C]: constant (``dead.is_constant``)
     never_positive: torch.Tensor  # bool [C]
 
     def to(self, device: torch.device | str) -> ChannelStats:
         if self.mean.device == torch.device(device):
             return self  # already there: skip eight no-op copies per layer
         return ChannelStats(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
-
-
-def dead_rule(
-    cmin: torch.Tensor, cmax: torch.Tensor, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL
-) -> torch.Tensor:
-    """Dead channels: ``max - min <= atol + rtol * max|x|``, each channel against its own scale.
-
-    Defaults: ``atol=1e-8`` (an all-zero channel) and ``rtol=1e-5`` (about 80 float32 steps: the rounding
-    noise of a constant, not a signal). A weak channel that still varies, at any scale, is not dead.
-
-    A channel holding a NaN is never called dead (its min/max are NaN and the comparison is False);
-    it is counted in ``nonfinite`` instead.
-    """
-    scale = torch.maximum(cmin.abs(), cmax.abs())
-    return (cmax - cmin) <= atol + rtol * scale
 
 
 def channel_stats(
@@ -97,7 +82,7 @@ def channel_stats(
         max=cmax,
         zero_fraction=(zeros.double() / count).float(),
         nonfinite=nonfinite,
-        dead=dead_rule(cmin, cmax, atol, rtol) & (nonfinite == 0),
+        dead=is_constant(cmin, cmax, nonfinite, atol, rtol),
         never_positive=cmax <= 0,
     )
 

@@ -2,7 +2,8 @@
 
 Dead filters: per channel, how many consecutive probe events it has been dead. A channel dead for ``patience``
 consecutive events is *persistently dead*: reported once (a warning naming the layer, the channels and the epoch
-their streak began), and reported again as *revived* if it ever carries information again. Representation
+their streak began), and reported again as *revived* if it ever carries information again (the rule:
+``dead.next_streak``; this module keeps the counts, the dates and the messages). Representation
 change: ``1 - CKA`` of each layer against the previous and the first event (:mod:`.similarity`).
 Framework-free and small; the state is plain Python (ints, lists, dicts) and a few N x N Gram matrices, so it
 goes into a Lightning checkpoint as it is and a resumed run carries on counting.
@@ -18,7 +19,9 @@ from typing import Any
 import torch
 
 from . import similarity
+from .arguments import check_positive
 from .channel_lists import format_channels
+from .dead import DEFAULT_PATIENCE, is_persistent, next_streak
 from .results import ProbeResult
 
 RECORD_VERSION = 1
@@ -48,9 +51,8 @@ class DeadFilterTracker:
     dead, so each death is warned about exactly once, even across a resume with a different patience).
     """
 
-    def __init__(self, patience: int = 3) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"dead_patience must be a positive int, got {patience!r}")
+    def __init__(self, patience: int = DEFAULT_PATIENCE) -> None:
+        check_positive("dead_patience", patience)
         self.patience = patience
         self.streak: dict[str, list[int]] = {}
         self.since: dict[str, list[list[int] | None]] = {}
@@ -69,15 +71,15 @@ class DeadFilterTracker:
                 self.reported[name] = [False] * len(dead)
             streak, since, reported = self.streak[name], self.since[name], self.reported[name]
             for channel, is_dead in enumerate(dead):
-                if is_dead:
-                    if streak[channel] == 0:
-                        since[channel] = [step, epoch]
-                    streak[channel] += 1
-                    if streak[channel] >= self.patience and not reported[channel]:
-                        reported[channel] = True
-                        change.died.setdefault(name, []).append(channel)
-                    continue
-                if reported[channel]:
+                events = streak[channel]  # consecutive dead events before this one
+                streak[channel], reported[channel], died, revived = next_streak(
+                    is_dead, events, reported[channel], self.patience
+                )
+                if is_dead and events == 0:
+                    since[channel] = [step, epoch]
+                if died:
+                    change.died.setdefault(name, []).append(channel)
+                if revived:
                     change.revived.setdefault(name, []).append(channel)
                     since_step, since_epoch = since[channel]
                     change.revivals.append(
@@ -88,10 +90,11 @@ class DeadFilterTracker:
                             "epoch": epoch,
                             "since_step": since_step,
                             "since_epoch": since_epoch,
-                            "events": streak[channel],
+                            "events": events,
                         }
                     )
-                streak[channel], since[channel], reported[channel] = 0, None, False
+                if not is_dead:
+                    since[channel] = None
         self.revivals = [*self.revivals, *change.revivals][-MAX_REVIVALS:]
         self.history = thinned(
             [
@@ -125,7 +128,7 @@ class DeadFilterTracker:
         """Channels dead for at least ``patience`` consecutive events, per layer (layers with none left out)."""
         out = {}
         for name, streak in self.streak.items():
-            channels = [c for c, n in enumerate(streak) if n >= self.patience]
+            channels = [c for c, n in enumerate(streak) if is_persistent(n, self.patience)]
             if channels:
                 out[name] = channels
         return out
@@ -152,7 +155,7 @@ class DeadFilterTracker:
                 "persistent": [
                     {"channel": c, "since_step": since[c][0], "since_epoch": since[c][1], "events": n}
                     for c, n in enumerate(streak)
-                    if n >= self.patience
+                    if is_persistent(n, self.patience)
                 ],
                 "revived": [
                     {k: r[k] for k in ("channel", "since_step", "since_epoch", "events")}
@@ -204,7 +207,8 @@ class DeadFilterTracker:
         self.streak = {k: list(v) for k, v in state.get("streak", {}).items()}
         self.since = {k: [list(s) if s is not None else None for s in v] for k, v in state.get("since", {}).items()}
         self.reported = {
-            k: list(state.get("reported", {}).get(k, [n >= self.patience for n in v])) for k, v in self.streak.items()
+            k: list(state.get("reported", {}).get(k, [is_persistent(n, self.patience) for n in v]))
+            for k, v in self.streak.items()
         }
         self.history = thinned(copy.deepcopy(list(state.get("history", []))))
         self.revivals = copy.deepcopy(list(state.get("revivals", [])))[-MAX_REVIVALS:]

@@ -98,6 +98,20 @@ def _nonzero_counts(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
     return counts[0] if len(counts) == 1 else torch.cat(counts)
 
 
+def firing_counts(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Per channel (``channel_dim``) of a ReLU-family output (never below 0), how many values are above 0, as
+    float32 ``[C]``; NaN in a channel holding a NaN, which is then neither silenced nor dying.
+
+    ``clamp(max=1).ceil_()`` is 1 above 0 and 0 at 0; its sum is about 2x faster on a CPU than summing
+    ``x != 0`` (whose bools are converted to an integer type first) and 8x faster than ``count_nonzero``. Float32
+    counts are exact to 2**24 values per channel, and a count of 0 always is.
+    """
+    channel_dim %= x.dim()
+    dims = [d for d in range(x.dim()) if d != channel_dim]
+    counts = [block.clamp(max=1).ceil_().sum(dim=dims, dtype=torch.float32) for block in _blocks(x, channel_dim)]
+    return counts[0] if len(counts) == 1 else torch.cat(counts)
+
+
 def _centred_squares(x: torch.Tensor, centre: torch.Tensor, dims: list[int]) -> torch.Tensor:
     """Per channel, the sum of squares of ``x - centre`` (float64 ``[C]``): the variance without cancellation,
     whatever the mean."""
@@ -110,7 +124,7 @@ def _centred_squares(x: torch.Tensor, centre: torch.Tensor, dims: list[int]) -> 
     return squares[0] if len(squares) == 1 else torch.cat(squares)
 
 
-def _blocks(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _blocks(x: torch.Tensor, channel_dim: int = 1) -> tuple[torch.Tensor, ...]:
     """``x`` in blocks of whole channels, so that a temporary made of one holds ``_BLOCK_VALUES`` values at most."""
-    per_channel = x.numel() // max(1, x.shape[1])
-    return x.split(max(1, _BLOCK_VALUES // max(1, per_channel)), dim=1)
+    per_channel = x.numel() // max(1, x.shape[channel_dim])
+    return x.split(max(1, _BLOCK_VALUES // max(1, per_channel)), dim=channel_dim)

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from .models import SnapshotError, load_model
+from .names import FEATURE_MAPS, OVERLAYS, layer_tag
 from .probe import FeatureMapProbe
 from .results import ProbeResult
 from .select import select_layers
 from .snapshot_examples import folder_images, write_examples
-from .tensorboard import FEATURE_MAPS, OVERLAYS, layer_tag
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

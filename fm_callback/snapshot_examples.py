@@ -16,9 +16,9 @@ import torch
 
 from .example_pictures import draw_examples
 from .models import SnapshotError
+from .names import FEATURE_EXAMPLES, layer_tag
 from .probe import FeatureMapProbe
 from .results import ProbeResult
-from .tensorboard import FEATURE_EXAMPLES, layer_tag
 from .top_examples import ExampleScanner, examples_record
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

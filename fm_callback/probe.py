@@ -22,6 +22,7 @@ from torch import nn
 
 from . import handover, render, similarity
 from .activations import GATE, RELU, SILENCING_MODULES, ActivationLineage, batchnorm_calibration, outside_lineage
+from .channel_header import with_header
 from .layout import check_layouts, given_layout, recognise
 from .marks import mark_codes, marks_of
 from .passes import check_input, first_tensor, forward, model_device, probing, to_device
@@ -305,7 +306,8 @@ class FeatureMapProbe:
             if grid is not None:
                 channels = layer["channels"]
                 marks = marks_of(layer["marks"])
-                report.grid = render.with_header(grid, channels, marks, min(self.max_samples, shape[0]))
+                report.picture = with_header(grid, channels, self.lut, marks, min(self.max_samples, shape[0]))
+                report.grid = report.picture.rgb()
                 report.channels = channels
                 energy = layer.get("energy")
                 if energy is not None and images is not None and shape[0] == first.shape[0]:  # same samples

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .activations import GATE, NONE, RELU, SMOOTH
+from .picture import Picture
 from .stats import ChannelStats
 
 DYING_FIRING = 0.01  # a channel that fires on at most 1 % of the probe batch's positions is dying
@@ -41,6 +42,7 @@ class LayerReport:
     # ``activations.py``): it decides which dead rules can fire. A ReLU-family layer watched itself reaches itself.
     activation: str | None = None
     activation_kind: str = NONE
+    picture: Picture | None = None  # ``grid`` as palette indices: what the event file stores (see ``picture.py``)
 
     @property
     def silencing(self) -> bool:

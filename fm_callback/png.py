@@ -60,8 +60,9 @@ def png(pixels: Any, quantize: bool = False) -> bytes:
 def palette_png(indices: Any, palette: Any) -> bytes:
     """A palette PNG of ``uint8 [H, W]`` indices into ``uint8 [n, 3]`` colours, each row filtered by the PNG
     filter (None, Sub, Up or Paeth) with the smallest sum of absolute differences, as libpng chooses, then zlib
-    level 6. Pillow writes palette PNGs unfiltered, which leaves a smooth map's steps to zlib as they are: the
-    filters make the grids' files 4 to 40 % smaller (BENCHMARKS.md, "The picture path")."""
+    level 6. Pillow writes palette PNGs unfiltered, which leaves a smooth map's steps to zlib as they are; filtered,
+    a step between neighbouring indices is a run of ones, and the grids' files are smaller (BENCHMARKS.md, "The
+    picture path")."""
     import struct
     import zlib
 

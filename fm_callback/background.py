@@ -21,8 +21,7 @@ def write_in_background(device: Any) -> bool:
     On an accelerator the CPU mostly waits, and a writer thread hides PNG encoding and event writing.
     When training runs on the CPU it already keeps every core busy; a writer thread then costs training
     several times its own CPU time (the training thread's many short torch ops wait for the GIL, and
-    OpenMP regions wait for a preempted thread). Measured on the 2-core demo: +18 % training time with
-    the thread, +4 % writing on the training thread (BENCHMARKS.md).
+    OpenMP regions wait for a preempted thread): measured on the demo, see BENCHMARKS.md ("Targets").
     """
     return getattr(device, "type", str(device)) != "cpu"
 
@@ -30,9 +29,9 @@ def write_in_background(device: Any) -> bool:
 def use_fast_crc32c() -> bool:
     """Let TensorBoard's event writer checksum its records with a C CRC-32C, when one is installed.
 
-    Without TensorFlow, ``tensorboard`` computes every record's CRC-32C in pure Python: about 0.1 s per
-    MB of event file (a probe event's PNGs are 1-4 MB), all of it holding the GIL, so the training
-    thread stalls too. ``google-crc32c`` (or ``crc32c``) gives the same checksum some 500x faster. The
+    Without TensorFlow, ``tensorboard`` computes every record's CRC-32C in pure Python, byte by byte, all of it
+    holding the GIL, so the training thread stalls too while a probe event's PNGs are checksummed.
+    ``google-crc32c`` (or ``crc32c``) gives the same checksum in C (figures: BENCHMARKS.md). The
     swap is process-wide (Lightning's own TensorBoard logging gains too), checked against the original
     first, and done once. Returns whether the fast checksum is in use.
     """

@@ -6,7 +6,7 @@ gives the verdict of ``LayerReport.dead`` / ``.dying`` at the same event (what `
 the channel's header cell filled, and a frame round each of its tiles, in red (dead) or amber (dying). No colormap
 of ours uses either: viridis has no red and no orange, the NaN colour is magenta, and the overlays are another image.
 
-Use: ``render.with_header(grid, channels, column_marks(report.dead, report.dying, channels))``.
+Use: ``channel_header.with_header(grid, channels, lut, column_marks(report.dead, report.dying, channels))``.
 """
 
 from __future__ import annotations
@@ -43,23 +43,28 @@ def frame_width(image_width: int, tile: int, card_width: int) -> int:
     return max(1, min(tile // 4, math.ceil(FRAME_ON_SCREEN * image_width / card_width)))
 
 
-def paint_header_cell(header: torch.Tensor, mark: str, background: int, ink: int) -> None:
-    """Fill one column's header cell (``uint8 [3, h, w]``, greys from ``background`` to ``ink``) with the mark's
-    colour, its number recoloured from the mark's colour to its ink in the same number of steps (the palette stays
-    small)."""
+def recoloured(mark: str, greys: torch.Tensor, background: int, ink: int) -> torch.Tensor:
+    """``uint8 [n, 3]``: the header's ``greys`` (from ``background`` to ``ink``) as a marked cell shows them, the
+    background in the mark's colour and the number's ink in the mark's ink, in as many steps (the palette stays
+    small: a marked cell's pixel is its grey's index moved to this ramp, see ``render.grid_palette``)."""
     fill, text = COLOURS[mark]
-    share = (header[0].float() - background) / max(1, ink - background)  # 0 background .. 1 ink
-    share = share.clamp(0, 1).unsqueeze(0)
-    fill_t = torch.tensor(fill, dtype=torch.float32).view(3, 1, 1)
-    text_t = torch.tensor(text, dtype=torch.float32).view(3, 1, 1)
-    # assigned, not copy_: the counter of host reads takes a copy_ into a CPU tensor for a hand-over from a device
-    header[:] = (fill_t + share * (text_t - fill_t)).round().to(torch.uint8)
+    share = ((greys.float() - background) / max(1, ink - background)).clamp(0, 1).unsqueeze(1)  # 0 .. 1 ink
+    fill_t = torch.tensor(fill, dtype=torch.float32)
+    text_t = torch.tensor(text, dtype=torch.float32)
+    return (fill_t + share * (text_t - fill_t)).round().to(torch.uint8)
 
 
-def frame_tiles(body: torch.Tensor, mark: str, tile_height: int, pad: int, width: int) -> None:
-    """Draw a frame ``width`` px thick inside each tile of one column of ``body`` (``uint8 [3, H, w]``)."""
-    fill = torch.tensor(COLOURS[mark][0], dtype=torch.uint8).view(3, 1, 1)
-    for top in range(0, body.shape[1], tile_height + pad):
-        cell = body[:, top : top + tile_height]
-        cell[:, :width], cell[:, -width:] = fill, fill
-        cell[:, :, :width], cell[:, :, -width:] = fill, fill
+def paint_header_cell(cell: torch.Tensor, first: int) -> None:
+    """Recolour one column's header cell (``uint8 [h, w]`` indices of the header's greys, 0 the background): each
+    pixel to the same step of the mark's ramp, which starts at palette index ``first``."""
+    # in place, not copy_: the counter of host reads takes a copy_ into a CPU tensor for a hand-over from a device
+    cell.add_(first)
+
+
+def frame_tiles(body: torch.Tensor, colour: int, tile_height: int, pad: int, width: int) -> None:
+    """Draw a frame ``width`` px thick, in palette index ``colour``, inside each tile of one column of ``body``
+    (``uint8 [H, w]`` indices)."""
+    for top in range(0, body.shape[0], tile_height + pad):
+        cell = body[top : top + tile_height]
+        cell[:width], cell[-width:] = colour, colour
+        cell[:, :width], cell[:, -width:] = colour, colour

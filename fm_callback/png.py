@@ -1,4 +1,9 @@
-"""PNG bytes of the pictures, encoded for speed and size (the SummaryWriter's own ``add_image`` is slow and large)."""
+"""PNG bytes of the pictures, encoded for speed and size (the SummaryWriter's own ``add_image`` is slow and large).
+
+A grid comes as a :class:`~.picture.Picture` (palette indices) and is written as it is, a byte a pixel
+(:func:`picture_png`). An RGB picture is written as RGB, or as a palette PNG where it has at most 256 colours or
+may be brought down to 256 (the overlays: :func:`png`).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,25 @@ from typing import Any
 
 import numpy as np
 
+from .picture import MAX_COLOURS, Picture
+
+LUMINANCE = np.array([299, 587, 114])  # ITU-R 601 weights: the order of a palette of many colours
+
+
+def picture_png(picture: Picture) -> bytes:
+    """A :class:`~.picture.Picture` as a palette PNG, its palette in its own order (a grid's puts neighbouring
+    colormap levels at neighbouring indices), its rows filtered (see :func:`palette_png`)."""
+    return palette_png(picture.indices.numpy(), picture.palette.numpy())
+
 
 def png(pixels: Any, quantize: bool = False) -> bytes:
     """``uint8 [H, W, C]`` pixels as PNG bytes, encoded for speed and size.
 
-    A picture of at most 256 colours (a feature-map grid, see render.py) becomes a palette PNG, losslessly: a
-    byte a pixel, the palette in order of luminance (the colormap's order: neighbouring levels get neighbouring
-    indices), every row PNG-filtered so zlib sees the small steps of a smooth map, zlib level 6 (2 % smaller
-    than level 1 for 2 ms an event): a third of the RGB file. ``quantize=True`` first brings a picture of more
-    colours down to 256 (Pillow's fast octree, under a millisecond; about 4/255 off on average): for the
-    overlays, a photo under a heat map, a third of their lossless size. Any other picture: an RGB PNG at zlib
-    level 1 with run-length matching, a quarter of the time of level 6 for a file of about the same size.
+    A picture of at most 256 colours becomes a palette PNG, losslessly. ``quantize=True`` first brings a picture
+    of more colours down to 256 (Pillow's fast octree; about 4/255 off on average): for the overlays, a photo
+    under a heat map, a third of their lossless size. Either way the palette is put in order of luminance, so that
+    similar colours get near indices for the row filters. Any other picture: an RGB PNG at zlib level 1 with
+    run-length matching, about the size of level 6 in a fraction of the time.
     """
     import io
     import zlib
@@ -24,31 +37,32 @@ def png(pixels: Any, quantize: bool = False) -> bytes:
     from PIL import Image
 
     picture = Image.fromarray(np.ascontiguousarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels))
-    colours = picture.getcolors(256) if picture.mode == "RGB" else None
-    if colours is None and quantize and picture.mode == "RGB":
-        picture = picture.quantize(256, method=Image.Quantize.FASTOCTREE).convert("RGB")
-        colours = picture.getcolors(256)
-    if colours is None:
+    indexed = None
+    if picture.mode == "RGB":
+        colours = picture.getcolors(MAX_COLOURS)
+        if colours is not None:  # median cut keeps every colour of a picture with no more than it asks for
+            indexed = picture.quantize(len(colours), method=Image.Quantize.MEDIANCUT)
+            if not np.array_equal(np.asarray(indexed.convert("RGB")), np.asarray(picture)):  # lossless, or RGB
+                indexed = None
+        elif quantize:
+            indexed = picture.quantize(MAX_COLOURS, method=Image.Quantize.FASTOCTREE)
+    if indexed is None:
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
         return buffer.getvalue()
-    palette = np.array([rgb for _, rgb in colours], dtype=np.uint8)
-    palette = palette[np.argsort(palette @ np.array([299, 587, 114]), kind="stable")]
-    # colour -> index through a table of every 24-bit colour: only the pages of the picture's colours are touched
-    index = np.empty(1 << 24, dtype=np.uint8)
-    index[packed(palette)] = np.arange(len(palette))
-    return palette_png(index[packed(np.asarray(picture))], palette)
-
-
-def packed(rgb: Any) -> Any:
-    """``uint8 [..., 3]`` colours as one int per colour."""
-    return (rgb[..., 0].astype(int) << 16) | (rgb[..., 1].astype(int) << 8) | rgb[..., 2]
+    palette = np.asarray(indexed.getpalette("RGB"), dtype=np.uint8).reshape(-1, 3)
+    order = np.argsort(palette @ LUMINANCE, kind="stable")
+    rank = np.empty(len(order), dtype=np.uint8)
+    rank[order] = np.arange(len(order))  # an index -> index permutation of the palette
+    return palette_png(rank[np.asarray(indexed)], palette[order])
 
 
 def palette_png(indices: Any, palette: Any) -> bytes:
     """A palette PNG of ``uint8 [H, W]`` indices into ``uint8 [n, 3]`` colours, each row filtered by the PNG
-    filter (None, Sub, Up or Paeth) with the smallest sum of absolute differences, as libpng chooses.
-    Pillow writes palette PNGs unfiltered, which leaves a smooth map's steps to zlib as they are."""
+    filter (None, Sub, Up or Paeth) with the smallest sum of absolute differences, as libpng chooses, then zlib
+    level 6. Pillow writes palette PNGs unfiltered, which leaves a smooth map's steps to zlib as they are; filtered,
+    a step between neighbouring indices is a run of ones, and the grids' files are smaller (BENCHMARKS.md, "The
+    picture path")."""
     import struct
     import zlib
 

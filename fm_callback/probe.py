@@ -21,6 +21,7 @@ from torch import nn
 
 from . import arguments, handover, picture_layers, render, similarity
 from .activations import ActivationLineage, batchnorm_calibration, outside_lineage
+from .channel_header import with_header
 from .dead import DEFAULT_ATOL, DEFAULT_RTOL, RELU, is_silenced, module_silences
 from .layout import check_layouts, given_layout, recognise
 from .marks import mark_codes, marks_of
@@ -269,7 +270,8 @@ class FeatureMapProbe:
             if grid is not None:
                 channels = layer["channels"]
                 marks = marks_of(layer["marks"])
-                report.grid = render.with_header(grid, channels, marks, min(self.max_samples, shape[0]))
+                report.picture = with_header(grid, channels, self.lut, marks, min(self.max_samples, shape[0]))
+                report.grid = report.picture.rgb()
                 report.channels = channels
                 energy = layer.get("energy")
                 if energy is not None and images is not None and shape[0] == first.shape[0]:  # same samples

@@ -1,26 +1,24 @@
-"""Feature maps -> readable uint8 RGB grids, as pure tensor functions on the activation's device.
+"""Feature maps -> readable grids, as pure tensor functions on the activation's device.
 
-Shapes are plain: a grid is ``uint8 [3, H, W]``. Rows are probe samples, columns are channels; the
-columns wrap into bands (see :func:`band_layout`) and a header above each band names the channel of
-each column, drawn once per layer with Pillow's built-in font. Each channel is min-max normalised on
-its own over the shown samples, so a weak channel is as visible as a strong one; a constant channel
-renders as the colormap's lowest colour and a NaN/Inf value as magenta.
+Rows are probe samples, columns are channels; ``channel_header.py`` wraps the columns into bands under headers
+naming each column's channel. Each channel is min-max normalised on its own over the shown samples, so a weak
+channel is as visible as a strong one; a constant channel renders as the colormap's lowest colour and a NaN/Inf
+value as magenta.
 
-A grid has at most 256 colours (``LEVELS`` of the colormap, ``HEADER_GREYS`` and magenta), so the
-event file stores it losslessly as a palette PNG, about a third of the RGB one (``tensorboard.png``).
+A grid is drawn in the indices of one palette (:func:`grid_palette`), never in RGB: the hook keeps a byte a pixel
+on the device, and the encoder writes the indices as they are (see ``picture.py``). The probe input and the
+overlays are photos, drawn in RGB (:func:`input_images`, :func:`overlay`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 
-from .marks import frame_tiles, frame_width, paint_header_cell
+from .marks import DEAD, DYING, recoloured
 
 NONFINITE_RGB = (255, 0, 255)
 BACKGROUND = 24
@@ -37,18 +35,32 @@ HEADER_GREYS = np.linspace(BACKGROUND, HEADER_INK, 16).round()
 # differ by about 4/255) and make the demo's palette PNGs 19 % smaller than 239 levels: 254 against 314 kB an
 # event (the first conv's maps carry the input's pixel noise, which no lossless coder squeezes).
 LEVELS = 64
-# TensorBoard's Images dashboard shows every image 350 CSS px wide whatever its size or the window's
-# (tf-image-loader: ``:host {width: 350px}``, ``img {width: 100%; image-rendering: pixelated}``). Measured
-# in TensorBoard 2.21 with headless Chromium at window widths 1150, 1600 and 1920 px: the <img> of every
-# card had clientWidth 350 for naturalWidth 200 to 1600 (tests/test_browser.py measures it again).
-CARD_WIDTH = 350
-# The Time Series tab shows every image 215 CSS px tall, its width following (a 526 x 562 grid 201 px wide, a
-# 270 x 298 one 195 px wide), measured in TensorBoard 2.21 with headless Chromium in a 1600 px window
-# (tests/test_browser.py measures it again).
-TIME_SERIES_HEIGHT = 215
-SCREEN_DIGIT = 8  # digit height the header aims at on screen in those cards
-LEGIBLE_DIGIT = 7  # the least that reads
-MIN_DIGIT = 9  # digit height in the PNG itself, for "Show actual image size" and snapshot files
+
+# The grid palette, index by index: the header's greys (the first one the background, also between tiles), each
+# mark's ramp (those greys recoloured, see marks.recoloured), the NaN colour, then the colormap's levels. The fixed
+# part comes first so that every index but the levels' is a constant; neighbouring levels get neighbouring indices,
+# which the PNG row filters turn into small steps.
+GREY = 0
+MARK_FIRST = {DEAD: GREY + len(HEADER_GREYS), DYING: GREY + 2 * len(HEADER_GREYS)}
+NONFINITE = GREY + 3 * len(HEADER_GREYS)
+LEVEL0 = NONFINITE + 1
+_GREYS = torch.from_numpy(HEADER_GREYS).to(torch.uint8)
+_FIXED_COLOURS = torch.cat(
+    [
+        _GREYS.unsqueeze(1).expand(-1, 3),
+        recoloured(DEAD, _GREYS, BACKGROUND, HEADER_INK),
+        recoloured(DYING, _GREYS, BACKGROUND, HEADER_INK),
+        torch.tensor([NONFINITE_RGB], dtype=torch.uint8),
+    ]
+)
+
+
+def grid_palette(lut: torch.Tensor) -> torch.Tensor:
+    """``uint8 [LEVEL0 + levels, 3]``: the colour of each index of a grid drawn with the colormap ``lut`` (a CPU
+    tensor, see :func:`colormap_lut`)."""
+    if LEVEL0 + len(lut) > 256:
+        raise ValueError(f"a grid's palette has at most 256 colours: at most {256 - LEVEL0} colormap levels")
+    return torch.cat([_FIXED_COLOURS, lut])
 
 
 def colormap_lut(cmap: str = "viridis", levels: int = LEVELS) -> torch.Tensor:
@@ -117,29 +129,35 @@ def normalise_per_channel(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return norm, ~finite
 
 
-def colorize(norm: torch.Tensor, lut: torch.Tensor, nonfinite: torch.Tensor | None = None) -> torch.Tensor:
+def levels(norm: torch.Tensor, count: int) -> torch.Tensor:
+    """Values in [0, 1] of any shape -> the nearest of ``count`` colormap levels, ``0 .. count - 1``, int32."""
+    return (norm * (count - 1)).round_().to(torch.int32)
+
+
+def colorize(norm: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
     """Values in [0, 1] of any shape -> uint8 RGB with a trailing dim of 3, through the lookup table."""
-    index = (norm * (len(lut) - 1)).round_().to(torch.int32)
-    lut = lut.to(norm.device)
-    if nonfinite is not None:  # magenta as one more colour of the table: one lookup, not a select over RGB
-        magenta = torch.tensor([NONFINITE_RGB], dtype=torch.uint8).to(norm.device, non_blocking=True)
-        index.masked_fill_(nonfinite, len(lut))
-        lut = torch.cat([lut, magenta])
-    return lut.index_select(0, index.reshape(-1)).view(*norm.shape, 3)  # 2-3x faster than lut[index] on CPU
+    index = levels(norm, len(lut))
+    return lut.to(norm.device).index_select(0, index.reshape(-1)).view(*norm.shape, 3)  # faster than lut[index]
 
 
-def tile(rgb: torch.Tensor, pad: int = PAD, background: int = BACKGROUND) -> torch.Tensor:
-    """``uint8 (rows, cols, h, w, 3)`` -> ``uint8 [3, H, W]``: one tile per cell, ``pad`` pixels between."""
-    rows, cols, h, w, _ = rgb.shape
-    padded = F.pad(rgb.permute(0, 1, 4, 2, 3), (0, pad, 0, pad), value=background)
-    grid = padded.permute(2, 0, 3, 1, 4).reshape(3, rows * (h + pad), cols * (w + pad))
-    return grid[:, : rows * (h + pad) - pad, : cols * (w + pad) - pad]
+def tile(cells: torch.Tensor, pad: int = PAD, background: int = BACKGROUND) -> torch.Tensor:
+    """``uint8 (rows, cols, h, w, 3)`` RGB -> ``[3, H, W]``, or ``(rows, cols, h, w)`` palette indices ->
+    ``[H, W]``: one cell per tile, ``pad`` pixels of ``background`` between."""
+    indexed = cells.dim() == 4
+    if indexed:
+        cells = cells.unsqueeze(-1)
+    rows, cols, h, w, channels = cells.shape
+    padded = F.pad(cells.permute(0, 1, 4, 2, 3), (0, pad, 0, pad), value=background)
+    grid = padded.permute(2, 0, 3, 1, 4).reshape(channels, rows * (h + pad), cols * (w + pad))
+    grid = grid[:, : rows * (h + pad) - pad, : cols * (w + pad) - pad]
+    return grid[0] if indexed else grid
 
 
 def render_feature_grid(
     x: torch.Tensor, channels: torch.Tensor, max_samples: int, lut: torch.Tensor
 ) -> torch.Tensor | None:
-    """The picture of one layer output ``(N, C, *spatial)``, without header: ``uint8 [3, H, W]`` on x's device.
+    """The picture of one layer output ``(N, C, *spatial)``, without header: ``uint8 [H, W]`` indices into
+    ``grid_palette(lut)``, on x's device.
 
     ``None`` when the output has no spatial layout to show (e.g. ``(N, C)``).
     Only the chosen channels of the shown samples are copied.
@@ -152,135 +170,8 @@ def render_feature_grid(
     # one resize, and no asking first whether there is any (that would make a GPU wait for the forward).
     fitted = fit_tile(norm.masked_fill(nonfinite, math.nan))
     marked = fitted.isnan()
-    return tile(colorize(fitted.nan_to_num_(0.0), lut, marked))
-
-
-def digit_height(width: int, bands: int = 1, body_height: int = 0) -> int:
-    """Digit height in pixels of the header of a grid ``width`` px wide of ``bands`` bands of ``body_height`` px
-    tiles: SCREEN_DIGIT once the Images card scales it to CARD_WIDTH wide and the Time Series card to
-    TIME_SERIES_HEIGHT tall (where the headers, growing with the digits, are part of the height)."""
-    digit = max(MIN_DIGIT, math.ceil(SCREEN_DIGIT * width / CARD_WIDTH))
-    while digit < 4 * MIN_DIGIT and digit * TIME_SERIES_HEIGHT < SCREEN_DIGIT * bands * (
-        header_height(digit) + body_height
-    ):
-        digit += 1
-    return digit
-
-
-# Headers are drawn once per (channels, tile width, digit height) and kept: with the three caches below a grid's
-# header takes under 1 ms, without them 100-170 ms (Pillow parses its built-in font again for every size
-# tried), with only the font and layout cached 14-39 ms (demo and ResNet-18 grids, 2-core machine under load).
-@functools.lru_cache(maxsize=64)
-def _font(digit: int) -> tuple[ImageFont.FreeTypeFont, int]:
-    """Pillow's default font at the smallest size whose digits are ``digit`` px tall, and its stroke width.
-
-    Large digits are shrunk on screen, and TensorBoard shrinks without smoothing: a stroke (bold) keeps each
-    line of a digit about a pixel wide on screen.
-    """
-    stroke = digit // 14
-    for size in range(digit, 4 * digit):
-        font = ImageFont.load_default(size=size)
-        top, bottom = font.getbbox("0123456789", stroke_width=stroke)[1::2]
-        if bottom - top >= digit:
-            return font, stroke
-    return font, stroke  # a Pillow built without FreeType ignores the size: its one bitmap font
-
-
-def _margin(digit: int) -> int:
-    return max(PAD + 1, digit // 4)
-
-
-def header_height(digit: int) -> int:
-    """Height of a header whose digits are ``digit`` px tall: the digits and a margin above and below."""
-    font, stroke = _font(digit)
-    top, bottom = font.getbbox("0123456789", stroke_width=stroke)[1::2]
-    return bottom - top + 2 * _margin(digit)
-
-
-def _label_width(digits: int, digit: int) -> int:
-    """Width in pixels of a ``digits``-digit channel number ``digit`` px tall."""
-    font, stroke = _font(digit)
-    return math.ceil(font.getlength("0" * digits)) + 2 * stroke
-
-
-@functools.lru_cache(maxsize=1024)
-def band_layout(channels: int, widest: int, tile_width: int, body_height: int) -> tuple[int, int]:
-    """``(columns per band, digit height)`` for ``channels`` columns of tiles ``tile_width`` px wide.
-
-    TensorBoard's card shows a grid ``CARD_WIDTH`` px wide, however wide it is: one band of 16 columns of
-    96 px tiles is shrunk 4.5 times, its maps to 21 px and its numbers with them. Wrapping the columns into
-    bands, each under its own header, shrinks it less; the number of bands is the one that makes the grid
-    closest to square, which gives the maps the most of the card without making the card much taller than wide.
-    Digits are as tall as that grid's width asks (:func:`digit_height`), but never wider than a tile when the
-    widest label has ``widest`` digits; a layout whose digits are at least LEGIBLE_DIGIT px on screen in both the
-    Images and the Time Series card comes before a squarer one.
-    """
-    best = None
-    for bands in sorted({math.ceil(channels / cols) for cols in range(1, channels + 1)}):
-        cols = math.ceil(channels / bands)
-        width = cols * (tile_width + PAD) - PAD
-        digit = digit_height(width, bands, body_height)
-        while digit > MIN_DIGIT and _label_width(widest, digit) > tile_width:
-            digit -= 1
-        height = bands * (header_height(digit) + body_height)
-        on_screen = min(digit * CARD_WIDTH / width, digit * TIME_SERIES_HEIGHT / height)
-        score = (on_screen < LEGIBLE_DIGIT, abs(math.log(height / width)))
-        if best is None or score < best[0]:
-            best = (score, cols, digit)
-    return best[1], best[2]
-
-
-@functools.lru_cache(maxsize=256)
-def channel_header(channels: tuple[int, ...], tile_width: int, digit: int) -> torch.Tensor:
-    """``uint8 [3, h, W]``, read-only: each channel index, ``digit`` px tall, centred above its column of tiles.
-
-    Drawn anti-aliased, then each pixel set to the nearest of ``HEADER_GREYS`` (the darker on a tie, so a
-    pixel brighter than the midway grey stays so). Cached: the shown channels are pinned, so every event of
-    a run draws the same headers.
-    """
-    font, stroke = _font(digit)
-    top = font.getbbox("0123456789", stroke_width=stroke)[1]
-    width = len(channels) * (tile_width + PAD) - PAD
-    image = Image.new("L", (width, header_height(digit)), BACKGROUND)
-    draw = ImageDraw.Draw(image)
-    for col, channel in enumerate(channels):
-        centre = col * (tile_width + PAD) + tile_width / 2
-        draw.text((centre, _margin(digit) - top), str(channel), HEADER_INK, font, "ma", stroke_width=stroke)
-    pixels = np.asarray(image)
-    greys = HEADER_GREYS[np.abs(pixels[..., None] - HEADER_GREYS).argmin(axis=-1)].astype(np.uint8)
-    return torch.from_numpy(greys).expand(3, -1, -1)
-
-
-def with_header(
-    grid: torch.Tensor, channels: list[int], marks: tuple[str | None, ...] = (), rows: int = 1
-) -> torch.Tensor:
-    """A CPU grid from :func:`render_feature_grid`, its columns wrapped into bands, a header above each band.
-
-    Band after band from the top, each shows the same rows (samples) for the next columns (channels) in
-    order; the last band may be narrower, padded with background on the right. ``marks`` (one per column, see
-    :func:`marks.column_marks`) colour the header cell and frame the ``rows`` tiles of a dead or dying column.
-    """
-    body_height, width = grid.shape[1:]
-    tile_width = (width + PAD) // len(channels) - PAD
-    cols, digit = band_layout(len(channels), len(str(max(channels))), tile_width, body_height)
-    band_height = header_height(digit) + body_height
-    bands = math.ceil(len(channels) / cols)
-    out = torch.full((3, bands * band_height, cols * (tile_width + PAD) - PAD), BACKGROUND, dtype=torch.uint8)
-    frame = frame_width(out.shape[2], tile_width, CARD_WIDTH)
-    for band in range(bands):
-        shown = channels[band * cols : (band + 1) * cols]
-        left, right = band * cols * (tile_width + PAD), (band * cols + len(shown)) * (tile_width + PAD) - PAD
-        header = channel_header(tuple(shown), tile_width, digit)
-        top = band * band_height
-        out[:, top : top + header.shape[1], : right - left] = header
-        out[:, top + header.shape[1] : top + band_height, : right - left] = grid[:, :, left:right]
-        for col, mark in enumerate(marks[band * cols : (band + 1) * cols]):
-            if mark is not None:
-                x = col * (tile_width + PAD)
-                paint_header_cell(out[:, top : top + header.shape[1], x : x + tile_width], mark, BACKGROUND, HEADER_INK)
-                body = out[:, top + header.shape[1] : top + band_height, x : x + tile_width]
-                frame_tiles(body, mark, (body_height + PAD) // rows - PAD, PAD, frame)
-    return out
+    index = levels(fitted.nan_to_num_(0.0), len(lut)).add_(LEVEL0).masked_fill_(marked, NONFINITE)
+    return tile(index.to(torch.uint8), background=GREY)
 
 
 def input_images(

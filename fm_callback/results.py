@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .dead import NONE, RELU, SMOOTH, can_silence, is_dead, is_dying, rule_in_words
+from .picture import Picture
 from .stats import ChannelStats
 
 
@@ -39,6 +40,7 @@ class LayerReport:
     # ``dead.py``): it decides which dead rules can fire. A ReLU-family layer watched itself reaches itself.
     activation: str | None = None
     activation_kind: str = NONE
+    picture: Picture | None = None  # ``grid`` as palette indices: what the event file stores (see ``picture.py``)
 
     @property
     def silencing(self) -> bool:

@@ -32,7 +32,8 @@ from .names import (
     scalar_metrics,
     tag,
 )
-from .png import png
+from .picture import Picture
+from .png import picture_png, png
 from .results import ProbeResult
 
 
@@ -56,8 +57,9 @@ def write_result(
     (already written, unchanged).
     """
     for name, report in result.items():
-        if report.grid is not None:
-            add_png(writer, layer_tag(FEATURE_MAPS, name, prefix), report.grid, step)
+        grid = report.picture if report.picture is not None else report.grid  # the grid as palette indices
+        if grid is not None:
+            add_png(writer, layer_tag(FEATURE_MAPS, name, prefix), grid, step)
         if report.overlay is not None:
             add_png(writer, layer_tag(OVERLAYS, name, prefix), report.overlay, step, quantize=True)
         means = report.channel_mean.numpy()
@@ -103,25 +105,33 @@ def add_value_histogram(writer: Any, tag: str, report: Any, step: int) -> None:
 
 
 def add_png(writer: Any, tag: str, image: Any, step: int, quantize: bool = False) -> None:
-    """A ``uint8 [3, H, W]`` CPU image under ``tag``: the summary ``add_image`` writes, encoded by :func:`png`.
+    """A :class:`~.picture.Picture` or ``uint8 [3, H, W]`` CPU image under ``tag``: the summary ``add_image``
+    writes, encoded by :func:`~.png.picture_png` or :func:`~.png.png` (``quantize=True``: see there).
 
-    ``add_image`` goes through float32 and back and compresses at zlib level 6 (about 0.6 s of a VGG16 event's
-    dozen grids on a small machine, competing with training). ``quantize=True``: see :func:`png`. Falls back to
-    ``add_image`` for other images and for a writer that is not torch's SummaryWriter or overrides it.
+    ``add_image`` goes through float32 and back and writes every picture as RGB at zlib level 6: slower, and
+    larger files (BENCHMARKS.md, "The picture path"). Falls back to ``add_image`` (of the RGB pixels) for other images
+    and for a writer that is not torch's SummaryWriter or overrides it (W&B's and MLflow's take pixels).
     """
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
     plain = isinstance(writer, SummaryWriter) and type(writer).add_image is SummaryWriter.add_image
-    if not plain or not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.dim() != 3:
-        writer.add_image(tag, image, step, dataformats="CHW")
+    # NumPy, not torch, from here: a torch op on this thread starts a second OpenMP team, and the training
+    # thread's parallel ops run measurably slower afterwards (BENCHMARKS.md, "The picture path").
+    if isinstance(image, Picture) and plain:
+        (height, width), channels = image.indices.shape, 3
+        encoded = picture_png(image)
+    elif plain and isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3:
+        channels, height, width = image.shape
+        encoded = png(image.numpy().transpose(1, 2, 0), quantize)
+    else:
+        if isinstance(image, Picture):
+            writer.add_image(tag, image.pixels(), step, dataformats="HWC")
+        else:
+            writer.add_image(tag, image, step, dataformats="CHW")
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    channels, height, width = image.shape
-    # NumPy, not torch: a torch op on this thread starts a second OpenMP team, and the training thread's
-    # parallel ops run measurably slower afterwards (VGG16 probe: 1.11x -> 1.39x a bare forward).
-    encoded = png(image.numpy().transpose(1, 2, 0), quantize)
     picture = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=encoded)
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
 

@@ -19,7 +19,7 @@ from conftest import TinyCNN, make_trainer, read_events, tiny_loaders
 from torch import nn
 from torch._dynamo.utils import counters
 
-from fm_callback import FeatureMapCallback, FeatureMapProbe, render
+from fm_callback import FeatureMapCallback, FeatureMapProbe, channel_header, render
 from fm_callback.select import is_attention_block
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -99,8 +99,8 @@ def test_conv1d_renders_as_strips():
     # One strip per (sample, channel): 3 rows of 8-px strips, 6 columns of 98 px, 2-px gaps, plus the header;
     # the columns wrap into 3 bands of 2, each under its header: the squarest grid.
     body = render.render_feature_grid(torch.randn(3, 6, 98), torch.arange(6), 4, probe_lut())
-    assert body.shape == (3, 3 * render.STRIP_HEIGHT + 2 * render.PAD, 6 * 98 + 5 * render.PAD)
-    assert report.grid.shape[2] == 2 * 98 + render.PAD and report.grid.shape[1] > 3 * body.shape[1]
+    assert body.shape == (3 * render.STRIP_HEIGHT + 2 * render.PAD, 6 * 98 + 5 * render.PAD)
+    assert report.grid.shape[2] == 2 * 98 + render.PAD and report.grid.shape[1] > 3 * body.shape[0]
     assert result.input_image is None  # a signal, not an image: no probe/input picture
 
 
@@ -115,8 +115,8 @@ def test_conv3d_shows_the_middle_depth_slice():
     assert report.shape == (2, 2, 5, 12, 12)
     lut = probe_lut()
     middle = render.render_feature_grid(x[:, :, 2].expand(-1, 2, -1, -1), torch.arange(2), 4, lut)
-    assert torch.equal(render.with_header(middle, [0, 1]), report.grid)
-    assert len(middle.flatten(1).unique(dim=1)) > 2  # the square shows: more than background + one flat colour
+    assert torch.equal(channel_header.with_header(middle, [0, 1], lut).rgb(), report.grid)
+    assert len(middle.unique()) > 2  # the square shows: more than background + one flat colour
 
 
 def probe_lut() -> torch.Tensor:

@@ -108,3 +108,16 @@ def test_bench_examples_quick_reports_every_column(tmp_path):
     assert set(result["seconds"]) == {"first scan", "scan", "pictures", "train step"}
     assert all(seconds > 0 for seconds in result["seconds"].values())
     assert result["radius"] == {"features.0": 1, "features.4": 4, "features.8": 10, "features.12": 24}
+
+
+def test_bench_pictures_quick_reports_every_column(tmp_path):
+    path = tmp_path / "pictures.json"
+    stdout = run_script("bench_pictures.py", "--quick", "--json", str(path))
+    ((header, rows),) = markdown_tables(stdout)
+    assert header[:5] == ["package", "grid (ms)", "header + RGB (ms)", "encode (ms)", "render to bytes (ms)"]
+    (row,) = rows
+    assert row[0] == "this tree" and all(number(cell) > 0 for cell in row[1:])
+    report = json.loads(path.read_text())
+    assert report["model"] == "tiny" and len(report["layers"]) == 3 and report["grid_bytes_unfiltered"] > 0
+    (tree,) = report["trees"].values()
+    assert all(len(runs) == report["repeats"] for runs in tree["seconds"].values())

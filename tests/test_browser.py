@@ -27,6 +27,7 @@ from tensorboard_page import TensorBoardServer, find_chromium, screenshot
 from torch.utils.data import DataLoader
 
 from fm_callback import FeatureMapCallback
+from fm_callback import channel_header as H
 from fm_callback import render as R
 from fm_callback.view import dashboard_url
 
@@ -203,7 +204,7 @@ def test_images_dashboard_shows_the_feature_map_grids(chromium, run_dir, tmp_pat
 
 
 def test_channel_numbers_are_legible_in_the_images_card(chromium, run_dir, tmp_path):
-    """In a 1600 px window each card shows its grid render.CARD_WIDTH px wide, and the numbers >= 7 px tall."""
+    """In a 1600 px window each card shows its grid channel_header.CARD_WIDTH px wide, and the numbers >= 7 px tall."""
     last = {tag: max(events, key=lambda e: e.step) for tag, events in read_events(run_dir).images.items()}
     with TensorBoardServer(run_dir) as server, DevTools(chromium, WIDTH, HEIGHT) as browser:
         server.wait_until_loaded()
@@ -225,8 +226,8 @@ def test_channel_numbers_are_legible_in_the_images_card(chromium, run_dir, tmp_p
     for card in (first[tag] for tag in sorted(TAGS)):
         event = last[card["tag"]]
         assert (card["naturalWidth"], card["naturalHeight"]) == (event.width, event.height)  # the newest step
-        # TensorBoard's Images card: every image is shown at the same width (render.CARD_WIDTH), however wide.
-        assert card["clientWidth"] == R.CARD_WIDTH, card
+        # TensorBoard's Images card: every image is shown at the same width (channel_header.CARD_WIDTH), however wide.
+        assert card["clientWidth"] == H.CARD_WIDTH, card
         scale = card["clientWidth"] / card["naturalWidth"]
         in_png = header_digit_height(np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")))
         assert in_png * scale >= 7, f"{card['tag']}: digits {in_png} px in the PNG, {in_png * scale:.1f} on screen"
@@ -248,7 +249,8 @@ TIME_SERIES_IMAGES = """(() => [...document.querySelectorAll('img')].filter(el =
 
 
 def test_channel_numbers_are_legible_in_the_time_series_card(chromium, run_dir, tmp_path):
-    """The Time Series tab shows every image render.TIME_SERIES_HEIGHT px tall: the numbers are >= 7 px there too."""
+    """The Time Series tab shows every image channel_header.TIME_SERIES_HEIGHT px tall: the numbers are >= 7 px there
+    too."""
     with TensorBoardServer(run_dir) as server, DevTools(chromium, WIDTH, HEIGHT) as browser:
         server.wait_until_loaded()
         browser.page("Page.navigate", url=f"{server.url}#timeseries")
@@ -267,7 +269,7 @@ def test_channel_numbers_are_legible_in_the_time_series_card(chromium, run_dir, 
         shot.save(tmp_path / "time_series.png")
     assert len(images) >= 2, images
     for image in images[:2]:
-        assert round(image["height"]) == R.TIME_SERIES_HEIGHT, image  # however large the picture
+        assert round(image["height"]) == H.TIME_SERIES_HEIGHT, image  # however large the picture
         x, y, width, height = (round(image[k]) for k in ("x", "y", "width", "height"))
         on_screen = header_digit_height(np.asarray(shot)[y : y + height, x : x + width])
         assert on_screen >= 7, f"the channel numbers are {on_screen} px tall in the Time Series card"

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fm_callback import FeatureMapCallback, FeatureMapProbe, marks, names
+from fm_callback import channel_header as H
 from fm_callback import render as R
 from fm_callback.tracking import DeadFilterTracker
 
@@ -64,12 +65,13 @@ def _loader() -> DataLoader:
 
 
 def _column_corners(grid: np.ndarray, channels: int, rows: int, tile: int) -> list[tuple[int, int]]:
-    """(y, x) of the top-left pixel of each column's first tile, in the grid's band layout (render.with_header)."""
+    """(y, x) of the top-left pixel of each column's first tile, in the grid's band layout
+    (channel_header.with_header)."""
     body = rows * (tile + R.PAD) - R.PAD
-    cols, digit = R.band_layout(channels, len(str(channels - 1)), tile, body)
-    band = R.header_height(digit) + body
+    cols, digit = H.band_layout(channels, len(str(channels - 1)), tile, body)
+    band = H.header_height(digit) + body
     assert grid.shape[0] == band * -(-channels // cols)
-    return [((i // cols) * band + R.header_height(digit), (i % cols) * (tile + R.PAD)) for i in range(channels)]
+    return [((i // cols) * band + H.header_height(digit), (i % cols) * (tile + R.PAD)) for i in range(channels)]
 
 
 @pytest.mark.parametrize("planted", [PLANTED, []], ids=["planted", "healthy-twin"])

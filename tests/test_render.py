@@ -24,7 +24,9 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from fm_callback import FeatureMapCallback, FeatureMapProbe, marks
+from fm_callback import channel_header as H
 from fm_callback import render as R
+from fm_callback.picture import Picture
 from fm_callback.tensorboard_writer import add_png
 
 INK = (R.BACKGROUND + R.HEADER_INK) // 2  # a header pixel brighter than this is part of a digit
@@ -119,7 +121,7 @@ def test_grid_layout_and_size(c_out, side, n, max_channels, max_samples, cols):
     assert len(rep.channels) == shown and len(set(rep.channels)) == shown
     assert rep.grid.shape[2] == cols * (tile + R.PAD) - R.PAD
     layout = Layout.of(rep.grid, shown, rows, tile)
-    assert layout.cols == cols and R.MIN_DIGIT < layout.head < tile
+    assert layout.cols == cols and H.MIN_DIGIT < layout.head < tile
     height, width = rep.grid.shape[1:]
     for fewer_bands in range(1, layout.bands):  # closer to square than a layout with fewer, wider bands
         wide = math.ceil(shown / fewer_bands) * (tile + R.PAD) - R.PAD
@@ -130,7 +132,8 @@ def test_grid_layout_and_size(c_out, side, n, max_channels, max_samples, cols):
         assert header.min() == R.BACKGROUND and INK < header.max() <= R.HEADER_INK
     right = (shown - (layout.bands - 1) * cols) * (tile + R.PAD)  # a shorter last band is padded on the right
     assert (rep.grid[:, (layout.bands - 1) * layout.band_h :, right:] == R.BACKGROUND).all()
-    want = R.render_feature_grid(captured(probe.model, x), torch.tensor(rep.channels), max_samples, probe.lut)
+    body = R.render_feature_grid(captured(probe.model, x), torch.tensor(rep.channels), max_samples, probe.lut)
+    want = Picture(body, R.grid_palette(probe.lut)).rgb()
     for col in range(shown):  # the tiles are the picture without header, column after column
         top, left = layout.tile(col, 0)
         body_left = col * (tile + R.PAD)
@@ -158,7 +161,7 @@ def test_layer_without_spatial_layout_has_stats_but_no_grid():
 
 def drawn(number: int, tile: int, digit: int) -> torch.Tensor:
     """Pillow's default font writing ``number`` centred in a ``tile``-wide column: its ink, cropped."""
-    font, stroke = R._font(digit)
+    font, stroke = H._font(digit)
     image = Image.new("L", (tile, 4 * digit), R.BACKGROUND)
     ImageDraw.Draw(image).text((tile / 2, digit), str(number), R.HEADER_INK, font, "ma", stroke_width=stroke)
     ink = torch.from_numpy(np.asarray(image).copy())
@@ -172,7 +175,7 @@ def test_header_names_each_columns_channel(c_out, side):
     rep = probe.run(x)["0"]
     tile = tile_side(side)
     layout = Layout.of(rep.grid, 12, 2, tile)
-    cols, digit = R.band_layout(12, len(str(max(rep.channels))), tile, 2 * (tile + R.PAD) - R.PAD)
+    cols, digit = H.band_layout(12, len(str(max(rep.channels))), tile, 2 * (tile + R.PAD) - R.PAD)
     assert cols == layout.cols
     assert max(rep.channels) >= 10  # multi-digit indices are shown too
     for col, channel in enumerate(rep.channels):
@@ -217,7 +220,7 @@ def test_tiles_show_each_channel_normalised_on_its_own(order, cmap):
             top, left = layout.tile(col, row)
             got = grid[top : top + tile, left : left + tile]
             if channel == 1:  # constant, so dead: framed in the dead colour, the map inside as any other
-                frame = marks.frame_width(grid.shape[1], tile, R.CARD_WIDTH)
+                frame = marks.frame_width(grid.shape[1], tile, H.CARD_WIDTH)
                 assert (got[:frame] == marks.COLOURS[marks.DEAD][0]).all() and (got[:, -frame:] == got[0, 0]).all()
                 got, want = got[frame:-frame, frame:-frame], want[frame:-frame, frame:-frame]
             # identical (float32 vs float64 could differ by one colour step at a rounding boundary)
@@ -251,8 +254,8 @@ REAL_LAYERS = [
 
 @pytest.mark.parametrize(("c_out", "side", "dims"), REAL_LAYERS)
 def test_channel_numbers_are_legible_in_tensorboards_card(c_out, side, dims):
-    """At least 7 px on screen: TensorBoard's Images card shows a grid R.CARD_WIDTH px wide (measured there, see
-    render.py and tests/test_browser.py), so a digit's height on screen is its height in the grid times
+    """At least 7 px on screen: TensorBoard's Images card shows a grid H.CARD_WIDTH px wide (measured there, see
+    channel_header.py and tests/test_browser.py), so a digit's height on screen is its height in the grid times
     CARD_WIDTH / grid width, in every band of every default grid."""
     probe, x = conv_probe(c_out, side, 4, dims=dims)
     grid = probe.run(x)["0"].grid
@@ -260,7 +263,7 @@ def test_channel_numbers_are_legible_in_tensorboards_card(c_out, side, dims):
     tile_w = tile_side(side) if dims > 1 else tile_side(side, 2 * R.MAX_TILE)
     tile_h = tile_side(side) if dims > 1 else R.STRIP_HEIGHT
     layout = Layout.of(grid, shown, 4, tile_w, tile_h)
-    on_screen = R.CARD_WIDTH / grid.shape[2]
+    on_screen = H.CARD_WIDTH / grid.shape[2]
     for col in range(shown):
         rows, cols = ink_box(layout.header(grid, col))
         height = rows.stop - rows.start
@@ -268,7 +271,7 @@ def test_channel_numbers_are_legible_in_tensorboards_card(c_out, side, dims):
         assert height >= 8, "too small at actual size"
         assert cols.start > 0 and cols.stop < tile_w, "the number spills out of its column"
     # and the maps get more of the card than in one band of 16 columns
-    assert grid.shape[2] <= max(R.CARD_WIDTH, 8 * (tile_w + R.PAD))
+    assert grid.shape[2] <= max(H.CARD_WIDTH, 8 * (tile_w + R.PAD))
 
 
 def test_png_in_the_event_file_decodes_to_the_grid(tmp_path):
@@ -309,27 +312,33 @@ def decoded(event) -> np.ndarray:
 
 def test_grids_have_at_most_256_colours_and_are_stored_losslessly_as_palette_pngs(tmp_path):
     """A grid with every kind of colour (all colormap levels, NaN, a header of three-digit numbers) fits a
-    palette; add_png stores it as one, and an image of more colours as RGB, both decoding to the same pixels."""
+    palette; add_png stores it as one, as it does an RGB image of at most 256 colours (a grey photo), and an image
+    of more colours as RGB, all decoding to the same pixels."""
     x = torch.rand(2, 120, 40, 40, generator=torch.Generator().manual_seed(0))
     x[0, 110, :3] = math.nan
-    grid = R.with_header(R.render_feature_grid(x, torch.arange(100, 120), 2, R.colormap_lut()), list(range(100, 120)))
-    colours = grid.flatten(1).unique(dim=1)
+    lut = R.colormap_lut()
+    grid = H.with_header(R.render_feature_grid(x, torch.arange(100, 120), 2, lut), list(range(100, 120)), lut)
+    colours = grid.rgb().flatten(1).unique(dim=1)
     assert R.LEVELS + 2 <= colours.shape[1] <= 256  # every level shows, and NaN, and the header's greys
     small = torch.rand(4, 16, 7, 7, generator=torch.Generator().manual_seed(1))  # 7x7 maps, enlarged 5x
-    enlarged = R.with_header(R.render_feature_grid(small, torch.arange(16), 4, R.colormap_lut()), list(range(16)))
+    enlarged = H.with_header(R.render_feature_grid(small, torch.arange(16), 4, lut), list(range(16)), lut)
     photo = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    grey = photo[:1].expand(3, -1, -1).contiguous()
+    assert len(grey[0].unique()) == 256
+    pictures = (("grid", grid, "P"), ("enlarged", enlarged, "P"), ("grey", grey, "P"), ("photo", photo, "RGB"))
     writer = SummaryWriter(tmp_path)
-    for tag, image in (("grid", grid), ("enlarged", enlarged), ("photo", photo)):
+    for tag, image, _ in pictures:
         add_png(writer, tag, image, 0)
     writer.close()
     events = read_events(tmp_path)
-    for tag, image, mode in (("grid", grid, "P"), ("enlarged", enlarged, "P"), ("photo", photo, "RGB")):
+    for tag, image, mode in pictures:
         (event,) = events.images[tag]
         assert Image.open(io.BytesIO(event.encoded_image_string)).mode == mode
-        assert np.array_equal(decoded(event), image.permute(1, 2, 0).numpy()), tag
+        pixels = image.rgb() if isinstance(image, Picture) else image
+        assert np.array_equal(decoded(event), pixels.permute(1, 2, 0).numpy()), tag
     # under a byte a pixel for noise, and zlib finds the rows an enlarged map repeats
-    assert len(events.images["grid"][0].encoded_image_string) < grid[0].numel()
-    assert len(events.images["enlarged"][0].encoded_image_string) < enlarged[0].numel() / 8
+    assert len(events.images["grid"][0].encoded_image_string) < grid.indices.numel()
+    assert len(events.images["enlarged"][0].encoded_image_string) < enlarged.indices.numel() / 8
 
 
 def test_smooth_maps_are_filtered_and_overlays_quantized_to_a_third(tmp_path):
@@ -338,7 +347,8 @@ def test_smooth_maps_are_filtered_and_overlays_quantized_to_a_third(tmp_path):
     of its lossless size and close to it."""
     yy, xx = torch.meshgrid(torch.linspace(0, 3, 96), torch.linspace(0, 3, 96), indexing="ij")
     smooth = torch.stack([torch.sin(xx * (c + 1)) * torch.cos(yy + c) for c in range(16)]).expand(4, 16, 96, 96)
-    grid = R.with_header(R.render_feature_grid(smooth, torch.arange(16), 4, R.colormap_lut()), list(range(16)))
+    lut = R.colormap_lut()
+    grid = H.with_header(R.render_feature_grid(smooth, torch.arange(16), 4, lut), list(range(16)), lut)
     ramp = torch.stack([xx, yy, 3 - xx])[:, :64, :64] / 3  # a colour gradient with pixel noise
     photo = (ramp + 0.08 * torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     energy = torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -350,8 +360,8 @@ def test_smooth_maps_are_filtered_and_overlays_quantized_to_a_third(tmp_path):
     writer.close()
     events = read_events(tmp_path)
     (smooth_png,), (overlay_png,), (lossless_png,) = (events.images[t] for t in ("smooth", "overlay", "lossless"))
-    assert np.array_equal(decoded(smooth_png), grid.permute(1, 2, 0).numpy())
-    assert len(smooth_png.encoded_image_string) < grid[0].numel() / 4
+    assert np.array_equal(decoded(smooth_png), grid.rgb().permute(1, 2, 0).numpy())
+    assert len(smooth_png.encoded_image_string) < grid.indices.numel() / 4
     assert Image.open(io.BytesIO(overlay_png.encoded_image_string)).mode == "P"
     assert len(overlay_png.encoded_image_string) < len(lossless_png.encoded_image_string) / 2
     error = np.abs(decoded(overlay_png).astype(int) - overlay.permute(1, 2, 0).numpy())

@@ -7,6 +7,7 @@ Shared by the probe (``probe.py``) and the top-examples scan (``top_examples.py`
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -107,6 +108,6 @@ def forward(model: nn.Module, x: Any, forward_fn: Callable[[nn.Module, Any], Any
 
 
 def model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
+    """The device of the model's first parameter (else buffer); the CPU for a model with neither."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")

@@ -271,7 +271,6 @@ class FeatureMapProbe:
                 channels = layer["channels"]
                 marks = marks_of(layer["marks"])
                 report.picture = with_header(grid, channels, self.lut, marks, min(self.max_samples, shape[0]))
-                report.grid = report.picture.rgb()
                 report.channels = channels
                 energy = layer.get("energy")
                 if energy is not None and images is not None and shape[0] == first.shape[0]:  # same samples

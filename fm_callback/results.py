@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -25,7 +26,6 @@ class LayerReport:
     name: str
     shape: tuple[int, ...]
     stats: ChannelStats
-    grid: torch.Tensor | None = None  # uint8 [3, H, W] with the channel-index header
     channels: list[int] = field(default_factory=list)  # channel index of each grid column
     overlay: torch.Tensor | None = None  # uint8 [3, H, W]: energy map over the probe input
     # Measured after the ReLU-like activation(s) this layer's channels reach through channel-keeping ops
@@ -40,7 +40,13 @@ class LayerReport:
     # ``dead.py``): it decides which dead rules can fire. A ReLU-family layer watched itself reaches itself.
     activation: str | None = None
     activation_kind: str = NONE
-    picture: Picture | None = None  # ``grid`` as palette indices: what the event file stores (see ``picture.py``)
+    picture: Picture | None = None  # the grid as palette indices: what the event file stores (see ``picture.py``)
+
+    @cached_property
+    def grid(self) -> torch.Tensor | None:
+        """The picture as ``uint8 [3, H, W]`` RGB with its channel-index header; made when first read (the writers
+        encode :attr:`picture`)."""
+        return self.picture.rgb() if self.picture is not None else None
 
     @property
     def silencing(self) -> bool:

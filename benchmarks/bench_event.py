@@ -149,14 +149,19 @@ def largest_activation(model: nn.Module, x: torch.Tensor) -> int:
         if isinstance(output, torch.Tensor):
             largest = max(largest, output.numel() * output.element_size())
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    hooked_forward(model, x, [(m, hook) for m in model.modules() if not list(m.children())])
+    return largest
+
+
+def hooked_forward(model: nn.Module, x: torch.Tensor, hooks: list[tuple[nn.Module, Callable]]) -> None:
+    """One ``model(x)`` under ``no_grad`` with the forward ``hooks`` on, and off again whatever happens."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
     try:
         with torch.no_grad():
             model(x)
     finally:
         for handle in handles:
             handle.remove()
-    return largest
 
 
 class Variants:

@@ -37,7 +37,15 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "examples")]
-from bench_event import IMAGENET_MEAN, IMAGENET_STD, build, machine, markdown, package_at  # noqa: E402
+from bench_event import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build,
+    hooked_forward,
+    machine,
+    markdown,
+    package_at,
+)
 
 from fm_callback import FeatureMapProbe  # noqa: E402
 from fm_callback.marks import column_marks  # noqa: E402
@@ -100,13 +108,7 @@ def layer_outputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[s
 
         return hook
 
-    handles = [modules[name].register_forward_hook(keep(name)) for name in names]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooked_forward(model, x, [(modules[name], keep(name)) for name in names])
     return kept
 
 

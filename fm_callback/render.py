@@ -76,13 +76,13 @@ def colormap_lut(cmap: str = "viridis", levels: int = LEVELS) -> torch.Tensor:
 
 
 def choose_channels(std: torch.Tensor, k: int, order: str = "std") -> torch.Tensor:
-    """Indices of the ``k`` channels to show: most varied first (``"std"``) or the first ``k`` (``"index"``)."""
+    """Indices of the ``k`` channels to show: most varied first (``"std"``) or the first ``k`` (``"index"``; the
+    order was checked with the probe's arguments, ``arguments.check_options``)."""
     k = min(k, std.numel())
     if order == "index":
         return torch.arange(k, device=std.device)
-    if order == "std":  # on std's device: the host reads the chosen channels with the rest of the event
-        return torch.argsort(torch.nan_to_num(std.float(), nan=-1.0), descending=True, stable=True)[:k]
-    raise ValueError(f"channel_order must be 'std' or 'index', got {order!r}")
+    # on std's device: the host reads the chosen channels with the rest of the event
+    return torch.argsort(torch.nan_to_num(std.float(), nan=-1.0), descending=True, stable=True)[:k]
 
 
 def as_maps(x: torch.Tensor) -> torch.Tensor | None:

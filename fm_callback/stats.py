@@ -95,8 +95,7 @@ def firing_counts(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """
     channel_dim %= x.dim()
     dims = [d for d in range(x.dim()) if d != channel_dim]
-    counts = [block.clamp(max=1).ceil_().sum(dim=dims, dtype=torch.float32) for block in _blocks(x, channel_dim)]
-    return counts[0] if len(counts) == 1 else torch.cat(counts)
+    return _joined([block.clamp(max=1).ceil_().sum(dim=dims, dtype=torch.float32) for block in _blocks(x, channel_dim)])
 
 
 def _reductions(x: torch.Tensor, dims: list[int]) -> list[torch.Tensor]:
@@ -117,7 +116,12 @@ def _reductions(x: torch.Tensor, dims: list[int]) -> list[torch.Tensor]:
         squares = (block - centre.view(shape)).square_().sum(dim=dims)
         nonzero = torch.sign(block).abs_().sum(dim=dims)
         parts.append((block.amin(dim=dims), block.amax(dim=dims), total, centre, squares, nonzero))
-    return [column[0] if len(column) == 1 else torch.cat(column) for column in zip(*parts, strict=True)]
+    return [_joined(column) for column in zip(*parts, strict=True)]
+
+
+def _joined(parts: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The per-channel results of the blocks as one ``[C]`` tensor (no copy for a single block)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _blocks(x: torch.Tensor, channel_dim: int = 1) -> tuple[torch.Tensor, ...]:

@@ -57,9 +57,8 @@ def write_result(
     (already written, unchanged).
     """
     for name, report in result.items():
-        grid = report.picture if report.picture is not None else report.grid  # the grid as palette indices
-        if grid is not None:
-            add_png(writer, layer_tag(FEATURE_MAPS, name, prefix), grid, step)
+        if report.picture is not None:  # the grid as palette indices (``report.grid`` is its RGB copy)
+            add_png(writer, layer_tag(FEATURE_MAPS, name, prefix), report.picture, step)
         if report.overlay is not None:
             add_png(writer, layer_tag(OVERLAYS, name, prefix), report.overlay, step, quantize=True)
         means = report.channel_mean.numpy()

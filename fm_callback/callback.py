@@ -261,6 +261,9 @@ class FeatureMapCallback(RunState, pl.Callback):
             dead, change = list(self.tracker.history), list(self.changes.history)
             similarity = self.changes.similarity()
             self._writer.end_of_fit(logger_step(trainer), dead, change, similarity, self.last_event_step)
+            # Lightning finalizes the loggers (closing a TensorBoardLogger's SummaryWriter) right after teardown, and
+            # without it when a hook is skipped: every write is done first, not left to a race with the thread.
+            self._writer.flush()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._close()

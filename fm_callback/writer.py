@@ -109,6 +109,11 @@ class EventWriter:
                 what = "writing the layer similarity"
                 writer.submit(tb.write_similarity, *similarity, similarity_step, prefix, what=what)
 
+    def flush(self) -> None:
+        """Wait until every queued write is done, and flush the event file; the threads go on."""
+        for writer in (self.tensorboard, *self.others):
+            writer.flush()
+
     def close(self) -> None:
         """Finish every queued write, stop the threads, close the SummaryWriter if it is our own."""
         for writer in self.others:
